@@ -1,0 +1,164 @@
+"""Checkpoints: one file holding a state_dict plus JSON-able metadata, loaded only with
+``torch.load(weights_only=True)`` so that opening a checkpoint can never run code.
+
+Files from tomgoldstein/loss-landscape (``{'state_dict': ...}`` or a bare state_dict, often
+``.t7``) load too: the model name is then given by the caller and the shortcut option is read
+off the keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .registry import ModelSpec, build
+
+FORMAT = "resnet-toolkit/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model it should build."""
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("resnet-toolkit")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temporary file and rename, so a kill never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Save ``model`` (built by :func:`models.build`) with metadata; ``extra`` holds resume state."""
+    spec: ModelSpec | None = getattr(model, "spec", None)
+    if spec is None:
+        raise CheckpointError("model has no .spec; build it with models.build(name, ...) so the "
+                              "checkpoint can name it")
+    full_meta = {**(meta or {}), "model": spec.name, "model_kwargs": dict(spec.kwargs),
+                 "version": package_version()}
+    atomic_torch_save({"format": FORMAT, "state_dict": model.state_dict(), "meta": full_meta,
+                       "extra": extra or {}}, path)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Return ``{"state_dict", "meta", "extra"}`` for ours or the reference project's files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds Python objects beyond tensors and plain containers; it is refused "
+            f"because loading it could run code (torch.load weights_only=True). Re-save just its "
+            f"state_dict from a trusted session. Detail: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # truncated or not a torch file at all
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
+                              f"{type(err).__name__}: {err}") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return {"state_dict": obj["state_dict"], "meta": dict(obj.get("meta", {})), "extra": obj.get("extra", {})}
+    if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")):
+        meta = {k: v for k, v in obj.items() if k != "state_dict" and isinstance(v, (int, float, str))}
+        return {"state_dict": _strip_prefix(obj["state_dict"]), "meta": meta, "extra": {}}
+    if _is_state_dict(obj):
+        return {"state_dict": _strip_prefix(obj), "meta": {}, "extra": {}}
+    raise CheckpointError(f"{path} holds neither a toolkit checkpoint nor a state_dict "
+                          f"(top-level keys: {sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """nn.DataParallel saves keys as ``module.x``; drop that prefix."""
+    if all(k.startswith("module.") for k in state):
+        return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def detect_shortcut(state: dict[str, torch.Tensor]) -> str | None:
+    """Read the shortcut option off a ResNet state_dict: projections everywhere -> "C", only on
+    dimension changes -> "B", none -> None (option A and no-skip nets keep no shortcut weights)."""
+    blocks = {k.split(".conv1.")[0] for k in state if k.startswith("layer") and ".conv1." in k}
+    projected = {k.split(".shortcut.")[0] for k in state if ".shortcut.0.weight" in k}
+    if not projected:
+        return None
+    return "C" if projected >= blocks else "B"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | os.PathLike, name: str | None = None, map_location: str | torch.device = "cpu",
+                    **build_kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights; returns ``(model, meta)``.
+
+    ``name`` is needed only for files without metadata (the reference project's); their class
+    count, input channels and shortcut option are inferred from the tensors.
+    """
+    ck = read_checkpoint(path, map_location)
+    state, meta = ck["state_dict"], ck["meta"]
+    kwargs = dict(meta.get("model_kwargs", {}))
+    if name is None:
+        name = meta.get("model")
+        if name is None:
+            raise CheckpointError(f"{path} carries no model name (a reference-project file?): pass "
+                                  f"the name, e.g. load_checkpoint(path, name='resnet56') or --model resnet56")
+    elif meta.get("model") not in (None, name):
+        raise CheckpointError(f"{path} holds a {meta['model']!r}, not a {name!r}: drop the model name "
+                              f"or pick the matching checkpoint")
+    if "model" not in meta:
+        kwargs.update(_infer_reference_kwargs(name, state))
+    kwargs.update(build_kwargs)
+    model = build(name, **kwargs)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{path} does not fit model {name!r} {kwargs}: "
+            + "; ".join(p for p in (f"missing {missing[:5]}" if missing else "",
+                                    f"unexpected {unexpected[:5]}" if unexpected else "",
+                                    f"shape mismatch {shapes[:3]}" if shapes else "") if p)
+            + ". Check --model / --noshort / the shortcut option against how it was trained.")
+    model.load_state_dict(state)
+    return model, meta
+
+
+def _infer_reference_kwargs(name: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    heads = [k for k in state if k.endswith(("linear.weight", "classifier.weight", "fc.weight"))]
+    if heads:
+        kwargs["num_classes"] = state[heads[-1]].shape[0]
+    first_conv = next((v for k, v in state.items() if v.dim() == 4), None)
+    if first_conv is not None:
+        kwargs["in_channels"] = first_conv.shape[1]
+    if not name.endswith("_noshort") and any(k.startswith("layer") for k in state):
+        shortcut = detect_shortcut(state)
+        if shortcut is not None:
+            kwargs["shortcut"] = shortcut
+    return kwargs
