@@ -1,0 +1,87 @@
+"""Checkpoints: round trip, weights_only safety, reference-layout files, clear errors."""
+import collections
+
+import pytest
+import torch
+
+import models
+from models.checkpoint import CheckpointError, detect_shortcut
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path):
+    model = models.build("resnet8", shortcut="B", num_classes=7, in_channels=1)
+    for m in model.modules():  # non-trivial running stats
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    models.save_checkpoint(tmp_path / "ck.pt", model, meta={"dataset": "mnist", "epoch": 3},
+                           extra={"optimizer": {"lr": torch.tensor(0.1)}})
+    loaded, meta = models.load_checkpoint(tmp_path / "ck.pt")
+    assert same_state(loaded.state_dict(), model.state_dict())
+    assert meta["model"] == "resnet8" and meta["epoch"] == 3 and meta["model_kwargs"]["shortcut"] == "B"
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(loaded.eval()(x), model.eval()(x))
+    assert models.read_checkpoint(tmp_path / "ck.pt")["extra"]["optimizer"]["lr"] == 0.1
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this would run",))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"state_dict": models.build("resnet8").state_dict(), "evil": Payload()}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        models.load_checkpoint(tmp_path / "bad.pt", name="resnet8")
+
+
+def test_corrupt_and_missing_files_name_the_problem(tmp_path):
+    models.save_checkpoint(tmp_path / "ok.pt", models.build("resnet8"))
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        models.load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_mismatched_model_is_refused_with_keys(tmp_path):
+    torch.save(models.build("resnet20").state_dict(), tmp_path / "r20.t7")
+    with pytest.raises(CheckpointError, match="missing.*layer1.3"):
+        models.load_checkpoint(tmp_path / "r20.t7", name="resnet32")
+    models.save_checkpoint(tmp_path / "r20.pt", models.build("resnet20"))
+    with pytest.raises(CheckpointError, match="holds a 'resnet20'"):
+        models.load_checkpoint(tmp_path / "r20.pt", name="resnet56")
+
+
+@pytest.mark.parametrize("wrap", ["dict", "bare", "dataparallel"])
+def test_reference_layout_loads_and_detects_option_b(tmp_path, wrap):
+    """tomgoldstein/loss-landscape saves option-B ResNets as {'state_dict': ...} or bare dicts."""
+    ref = models.build("resnet20", shortcut="B").eval()
+    state = collections.OrderedDict(ref.state_dict())
+    if wrap == "dataparallel":
+        state = collections.OrderedDict((f"module.{k}", v) for k, v in state.items())
+    torch.save({"state_dict": state, "acc": 91.2, "epoch": 300} if wrap == "dict" else state, tmp_path / "m.t7")
+    model, meta = models.load_checkpoint(tmp_path / "m.t7", name="resnet20")
+    assert isinstance(model.layer2[0].shortcut, torch.nn.Sequential) and len(model.layer2[0].shortcut) == 2
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(model.eval()(x), ref(x))
+    if wrap == "dict":
+        assert meta["acc"] == 91.2
+
+
+def test_reference_noshort_and_missing_name(tmp_path):
+    torch.save(models.build("resnet20_noshort").state_dict(), tmp_path / "p.t7")
+    with pytest.raises(CheckpointError, match="name='resnet56'"):
+        models.load_checkpoint(tmp_path / "p.t7")
+    model, _ = models.load_checkpoint(tmp_path / "p.t7", name="resnet20_noshort")
+    assert model.layer1[0].shortcut is None
+
+
+def test_detect_shortcut():
+    assert detect_shortcut(models.build("resnet20", shortcut="B").state_dict()) == "B"
+    assert detect_shortcut(models.build("resnet20", shortcut="C").state_dict()) == "C"
+    assert detect_shortcut(models.build("resnet20", shortcut="A").state_dict()) is None
