@@ -1,0 +1,160 @@
+"""Training loop: learning, lr schedule, warm-up, seeded reproducibility, bit-exact resume,
+output files and refusal to mix runs. Tiny ResNet-8 on 8x8 synthetic data, CPU."""
+
+import csv
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+import models
+import models.train as train_mod
+from models.data import DATASETS
+from models.train import RunConflictError, TrainConfig, lr_at, main, train, warmup_enabled
+
+# Synthetic data with the CIFAR augmentation switched on, so resume also covers the
+# generator draws made by augment_batch.
+AUGMENTED = replace(DATASETS["synthetic"], augment=True)
+
+
+def tiny(out, **kw) -> TrainConfig:
+    base = dict(model="resnet8", dataset="synthetic", data_kwargs={"image_size": 8, "size": 128},
+                test_samples=32, epochs=2, batch_size=32, progress=False, out=str(out))
+    return TrainConfig(**{**base, **kw})
+
+
+def final_state(out) -> dict[str, torch.Tensor]:
+    return models.read_checkpoint(out / "final.pt")["state_dict"]
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def no_times(history):
+    return [{k: v for k, v in m.items() if k not in ("epoch_time_s", "images_per_s")} for m in history]
+
+
+@pytest.fixture
+def augmented(monkeypatch):
+    monkeypatch.setitem(DATASETS, "synthetic", AUGMENTED)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted 2-epoch run (4 steps per epoch) that other tests compare against."""
+    out = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(DATASETS, "synthetic", AUGMENTED)
+        return out, train(tiny(out))
+
+
+def test_learns_synthetic_data(tmp_path):
+    history = train(tiny(tmp_path, epochs=3, batch_size=64, data_kwargs={"image_size": 8, "size": 512}))
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["test_error"] < 50  # chance is 90%
+
+
+def test_lr_divided_by_ten_at_milestone_fractions_of_iterations(reference):
+    config = tiny("unused", lr=0.2)
+    assert [lr_at(config, s, 100) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.2, 0.2, 0.02, 0.02, 0.002, 0.002])
+    assert lr_at(config, 0, 100, warming=True) == pytest.approx(0.02)
+    assert lr_at(config, 80, 100, warming=True) == pytest.approx(0.002)  # never above the schedule
+    # The reference run reports the lr of each epoch's last step: step 3 and step 7 of 8.
+    assert [m["lr"] for m in reference[1]] == pytest.approx([0.1, 0.001])
+
+
+def test_warmup_auto_for_depth_110_and_up():
+    assert warmup_enabled(TrainConfig("resnet110")) and warmup_enabled(TrainConfig("resnet1202"))
+    assert warmup_enabled(TrainConfig("resnet110", noshort=True)) and warmup_enabled(TrainConfig("plain110"))
+    assert not warmup_enabled(TrainConfig("resnet56")) and not warmup_enabled(TrainConfig("resnet56_noshort"))
+    assert warmup_enabled(TrainConfig("resnet56", warmup=True))
+    assert not warmup_enabled(TrainConfig("resnet110", warmup=False))
+
+
+@pytest.mark.parametrize("noise, warm_at_end", [(1.0, False), (1e3, True)])
+def test_warmup_ends_only_when_training_error_drops_below_80(tmp_path, noise, warm_at_end):
+    # One epoch, so the unlearnable data (noise 1e3, error ~90%) cannot be memorized either.
+    data = {"image_size": 8, "size": 512, "noise": noise}
+    history = train(tiny(tmp_path, lr=0.5, batch_size=16, epochs=1, warmup=True, milestones=(), data_kwargs=data))
+    warm_error = models.read_checkpoint(tmp_path / "final.pt")["extra"]["warmup_error"]
+    assert (warm_error is not None) == warm_at_end
+    assert history[-1]["lr"] == pytest.approx(0.05 if warm_at_end else 0.5)
+    assert (history[-1]["train_error"] > 80) == warm_at_end
+
+
+def test_same_seed_same_weights_other_seed_other_weights(reference, tmp_path, augmented):
+    ref_out, ref_history = reference
+    history = train(tiny(tmp_path / "same"))
+    assert_same_state(final_state(tmp_path / "same"), final_state(ref_out))
+    assert no_times(history) == no_times(ref_history)
+    train(tiny(tmp_path / "other", seed=1, epochs=1))
+    other = models.read_checkpoint(tmp_path / "other" / "epoch_1.pt")["state_dict"]
+    first = models.read_checkpoint(ref_out / "epoch_1.pt")["state_dict"]
+    assert not torch.equal(other["conv1.weight"], first["conv1.weight"])
+
+
+def test_resume_after_crash_equals_uninterrupted_run(reference, tmp_path, augmented, monkeypatch):
+    ref_out, ref_history = reference
+    evaluate, calls = train_mod.evaluate, []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny(tmp_path))
+    assert (tmp_path / "epoch_1.pt").exists() and not (tmp_path / "final.pt").exists()
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    history = train(tiny(tmp_path))
+    assert_same_state(final_state(tmp_path), final_state(ref_out))
+    assert no_times(history) == no_times(ref_history)
+    momentum = models.read_checkpoint(tmp_path / "final.pt")["extra"]["optimizer"]["state"]
+    ref_momentum = models.read_checkpoint(ref_out / "final.pt")["extra"]["optimizer"]["state"]
+    assert all(torch.equal(momentum[i]["momentum_buffer"], ref_momentum[i]["momentum_buffer"]) for i in ref_momentum)
+
+
+def test_run_directory_contents(reference):
+    out, history = reference
+    keys = ["epoch", "lr", "train_loss", "train_error", "test_loss", "test_error", "epoch_time_s", "images_per_s"]
+    assert json.loads((out / "metrics.json").read_text()) == history and list(history[0]) == keys
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [{k: float(v) for k, v in r.items()} for r in rows] == history
+    ck = models.read_checkpoint(out / "epoch_2.pt")
+    assert ck["meta"]["epoch"] == 2 and ck["meta"]["history"] == history and ck["meta"]["metrics"] == history[-1]
+    assert ck["meta"]["config"]["model"] == "resnet8" and ck["meta"]["dataset"] == "synthetic"
+    assert {"optimizer", "generator", "rng", "warmup_error"} <= set(ck["extra"])
+    model, meta = models.load_checkpoint(out / "final.pt")
+    assert model.spec.name == "resnet8" and meta["epoch"] == 2
+    assert_same_state(model.state_dict(), ck["state_dict"])
+    assert train(tiny(out)) == history  # a finished run is not trained again
+
+
+def test_conflicting_run_is_refused_unless_forced(reference, tmp_path):
+    out, _ = reference
+    with pytest.raises(RunConflictError, match=r"lr: 0\.1 there vs 0\.05 now.*--force"):
+        train(tiny(out, lr=0.05))
+    with pytest.raises(RunConflictError, match="model"):
+        train(tiny(out, model="resnet8_noshort"))
+    with pytest.raises(RunConflictError, match="more than"):
+        train(tiny(out, epochs=1))
+    shutil.copytree(out, tmp_path / "copy")
+    history = train(tiny(tmp_path / "copy", lr=0.05, epochs=1, force=True))
+    assert len(history) == 1 and not (tmp_path / "copy" / "epoch_2.pt").exists()
+
+
+def test_cli(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", "resnet9000", "--dataset", "synthetic", "--out", str(tmp_path / "bad")])
+    assert str(exit_.value.code).startswith("error: unknown model 'resnet9000'")
+    main(["--model", "resnet8", "--dataset", "synthetic", "--data-kw", "image_size=8", "--data-kw", "size=64",
+          "--test-samples", "32", "--epochs", "1", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "ok")])
+    assert "test accuracy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())[0]["epoch"] == 1
