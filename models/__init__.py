@@ -4,7 +4,7 @@ Everything else in the toolkit (landscapes, odenets, studies) builds on this pac
 """
 from typing import Any
 
-from . import densenet, resnet, vgg  # noqa: F401  (registers the families)
+from . import densenet, ode, resnet, vgg  # noqa: F401  (registers the families)
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .registry import ModelSpec, build, describe, names, register, resolve_name
 

@@ -8,7 +8,7 @@ projects in every block. Layer names match tomgoldstein/loss-landscape (``conv1`
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn as nn
@@ -93,7 +93,21 @@ class DropPath(nn.Module):
         return (self.training and self.drop_prob > 0 and self.mode == "batch"
                 and bool(torch.rand(()) < self.drop_prob))
 
+    def add(self, identity: torch.Tensor, branch_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``identity + self(branch_fn())``, except that in batch mode a dropped branch is never
+        computed: residual blocks call this so that dropping saves the branch's compute."""
+        if self.skip_branch():
+            return identity
+        return identity + self._kept(branch_fn())
+
     def forward(self, branch: torch.Tensor) -> torch.Tensor:
+        # Standalone use (the branch is already computed): batch mode must draw here too.
+        if self.skip_branch():
+            return torch.zeros_like(branch)
+        return self._kept(branch)
+
+    def _kept(self, branch: torch.Tensor) -> torch.Tensor:
+        """A branch that survived the batch draw: row mask (row mode) and scaling."""
         if self.drop_prob == 0:
             return branch
         if not self.training:
@@ -121,10 +135,7 @@ class ResidualBlock(nn.Module):
         if self.shortcut is None:
             return F.relu(self.se(self.branch(x)))
         identity = self.shortcut(x)
-        if self.drop_path.skip_branch():
-            return F.relu(identity)
-        out = self.drop_path(self.se(self.branch(x)))
-        return F.relu(out + identity)
+        return F.relu(self.drop_path.add(identity, lambda: self.se(self.branch(x))))
 
 
 class BasicBlock(ResidualBlock):

@@ -1,0 +1,734 @@
+"""Scan a loss landscape: loss and accuracy of a trained model at every point theta0 + a*x + b*y
+of a 1-D or 2-D grid, written to a resumable surface file. Library: ``scan(ScanConfig(...))`` and
+the lower-level ``compute_surface``; ``torchrun --nproc-per-node N -m landscapes.scan`` shards it.
+
+    python -m landscapes.scan --model resnet56 --noshort --x -1:1:51 --y -1:1:51
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from models import load_checkpoint, resolve_name
+from models.checkpoint import package_version, sha256
+from models.data import DATASETS, DeviceData, load_device_data
+
+from .directions import (DIR_TYPES, IGNORES, NORMS, DirectionConfig, State, cosine, create_directions,
+                         direction_file_info, directions_digest, load_directions, resolve_dir_type, save_directions)
+from .evaluate import BN_MODES, COMPILE_MODES, DTYPES, ENGINES, EvalConfig, EvalInfo, Evaluator
+from .surface import Surface, SurfaceConflictError, SurfaceStore, read_surface
+
+__all__ = ["Axis", "parse_axis", "ScanConfig", "ScanResult", "ScanSetup", "prepare_scan", "compute_surface", "scan",
+           "main", "SPLITS"]
+
+SPLITS = ("train", "test", "both")
+# EvalInfo fields that describe how every chunk ran (not one chunk's timing).
+_INFO_ATTRS = ("engine", "device", "dtype", "bn_mode", "images", "batch_size", "points_per_pass", "folded_bn",
+               "traced", "notices")
+_AXIS_HELP = "START:STOP:NUM, e.g. -1:1:51 (NUM points from START to STOP, both included)"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """``num`` evenly spaced coordinates from ``start`` to ``stop`` inclusive (``np.linspace``)."""
+
+    start: float
+    stop: float
+    num: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.start) and math.isfinite(self.stop)):
+            raise ValueError(f"grid bounds must be finite numbers, got {self.start}:{self.stop}")
+        if isinstance(self.num, bool) or not isinstance(self.num, int) or self.num < 1:
+            raise ValueError(f"grid needs a positive whole number of points, got {self.num!r}")
+        if self.num == 1 and self.start != self.stop:
+            raise ValueError(f"one point cannot span {self.start:g}..{self.stop:g}: use START:START:1 or NUM >= 2")
+        if self.num > 1 and not self.start < self.stop:
+            raise ValueError(f"grid start must be below stop, got {self.start:g}:{self.stop:g} "
+                             f"(write the smaller bound first, e.g. -1:1:{self.num})")
+
+    def coordinates(self) -> np.ndarray:
+        return np.linspace(self.start, self.stop, self.num)
+
+    def __str__(self) -> str:
+        return f"{self.start:g}:{self.stop:g}:{self.num}"
+
+
+def parse_axis(spec: str | Axis, name: str = "x") -> Axis:
+    """``"-1:1:51"`` -> ``Axis(-1.0, 1.0, 51)``, with an error that says what is accepted."""
+    if isinstance(spec, Axis):
+        return spec
+    parts = str(spec).split(":")
+    if len(parts) != 3:
+        raise ValueError(f"--{name} {spec!r}: expected {_AXIS_HELP}")
+    try:
+        start, stop = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ValueError(f"--{name} {spec!r}: START and STOP must be numbers; expected {_AXIS_HELP}") from None
+    try:
+        num = int(parts[2])
+    except ValueError:
+        raise ValueError(f"--{name} {spec!r}: NUM must be a whole number of points; expected {_AXIS_HELP}") from None
+    try:
+        return Axis(start, stop, num)
+    except ValueError as err:
+        raise ValueError(f"--{name} {spec!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """One scan. Defaults are the paper's method (filter normalization, biases and BN ignored,
+    stored BN statistics, model in eval mode) on the CIFAR-10 training set.
+
+    checkpoint None: ``runs/<model>_<dataset>/final.pt`` as ``models.train`` writes it (a scan
+    never silently runs on a random initialization). model2: x = model2 - model (1-D
+    interpolation; norm and ignore do not apply to it). dir_type None: "states" with model2 (so
+    that 1 lands exactly on model2, BN statistics included), else "weights". dir_file: an
+    existing direction file (ours or the reference's) is reused as it is; otherwise the
+    directions are drawn and saved there (default: next to ``out``). data_kwargs None: those the
+    checkpoint was trained with when the data set matches. chunk_size: grid points per unit of
+    work, flushed and gathered together (None: from the grid, or the existing file's).
+    """
+
+    model: str = "resnet56"
+    noshort: bool = False
+    checkpoint: str | None = None
+    model2: str | None = None
+    dataset: str = "cifar10"
+    data_root: str = "data"
+    data_kwargs: Mapping[str, Any] | None = None
+    split: str = "train"
+    samples: int | None = None
+    x: Axis | str = "-1:1:51"
+    y: Axis | str | None = None
+    dir_type: str | None = None
+    xnorm: str = "filter"
+    xignore: str = "biasbn"
+    ynorm: str = "filter"
+    yignore: str = "biasbn"
+    seed: int = 0
+    orthogonalize: bool = False
+    same_dir: bool = False
+    dir_file: str | None = None
+    batch_size: int | None = None
+    points_per_pass: int | None = None
+    engine: str = "auto"
+    compile: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    bn: str = "stored"
+    calibration_samples: int | None = None
+    out: str | None = None
+    chunk_size: int | None = None
+    flush_seconds: float = 5.0
+    force: bool = False
+    progress: bool = True
+    plot: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x", parse_axis(self.x, "x"))
+        object.__setattr__(self, "y", None if self.y is None else parse_axis(self.y, "y"))
+        if self.data_kwargs is not None:
+            object.__setattr__(self, "data_kwargs", dict(self.data_kwargs))
+        resolve_name(self.model, self.noshort)  # unknown names fail here, with suggestions
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS)}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {self.split!r}")
+        if self.dir_type is not None and self.dir_type not in DIR_TYPES:
+            raise ValueError(f"dir_type must be one of {', '.join(DIR_TYPES)}; got {self.dir_type!r}")
+        for name in ("samples", "chunk_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.flush_seconds < 0:
+            raise ValueError(f"flush_seconds must be >= 0, got {self.flush_seconds}")
+        self.directions  # noqa: B018  (validates norms, ignores, seed, same_dir/orthogonalize)
+        self.eval_config  # noqa: B018  (validates engine, dtype, bn mode, batch sizes)
+
+    @property
+    def model_name(self) -> str:
+        return resolve_name(self.model, self.noshort)
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.y is None else 2
+
+    @property
+    def directions(self) -> DirectionConfig:
+        return DirectionConfig(self.dir_type or ("states" if self.model2 else "weights"), self.xnorm, self.xignore,
+                               self.ynorm, self.yignore, self.ndim, self.seed, self.orthogonalize, self.same_dir)
+
+    @property
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(batch_size=self.batch_size, points_per_pass=self.points_per_pass, engine=self.engine,
+                          dtype=self.dtype, bn_mode=self.bn, calibration_samples=self.calibration_samples,
+                          compile=self.compile)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "test") if self.split == "both" else (self.split,)
+
+    @property
+    def out_path(self) -> Path:
+        """The surface file: ``out``, else results/surfaces/<model>_<dataset>_<grid>.h5."""
+        if self.out is not None:
+            return Path(self.out)
+        x, y = self.x, self.y
+        grid = f"{x.num}" if y is None else f"{x.num}x{y.num}"
+        ranges = [f"{a.start:g}_{a.stop:g}" for a in (x, y) if a is not None and (a.start, a.stop) != (-1, 1)]
+        tag = ("interp_" if self.model2 else "") + grid + "".join(f"_{r}" for r in ranges)
+        return Path("results") / "surfaces" / f"{self.model_name}_{self.dataset}_{tag}.h5"
+
+    @property
+    def dir_path(self) -> Path:
+        if self.dir_file is not None:
+            return Path(self.dir_file)
+        out = self.out_path
+        return out.with_name(f"{out.stem}_dirs.h5")
+
+
+@dataclass
+class ScanResult:
+    """What a scan produced: the surface (as read back), where it lies, and what this run did."""
+
+    path: Path
+    surface: Surface
+    dir_file: Path
+    points_computed: int
+    seconds: float
+    plots: list[Path] = field(default_factory=list)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _default_chunk_size(points: int) -> int:
+    """About 16 flushes per scan, at most 64 points each; depends only on the grid so that
+    reruns cut the grid into the same chunks."""
+    return max(1, min(64, math.ceil(points / 16)))
+
+
+def _grid_coords(x: np.ndarray, y: np.ndarray | None, index: np.ndarray) -> torch.Tensor:
+    """Coordinates (K, D) of flat indices k = iy * nx + ix (the reference's meshgrid order)."""
+    if y is None:
+        return torch.from_numpy(x[index][:, None].astype(np.float64))
+    iy, ix = np.divmod(index, len(x))
+    return torch.from_numpy(np.stack([x[ix], y[iy]], axis=1).astype(np.float64))
+
+
+def value_names(splits: Sequence[str]) -> list[str]:
+    return [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
+
+
+def compute_surface(model: nn.Module, directions: Sequence[State], x: np.ndarray, y: np.ndarray | None,
+                    data: Mapping[str, DeviceData], eval_config: EvalConfig = EvalConfig(), *,
+                    center: State | None = None, store: SurfaceStore | None = None, chunk_size: int | None = None,
+                    progress: bool = True) -> Surface:
+    """Loss and accuracy (%) of ``model`` at ``center + x[ix] * directions[0] (+ y[iy] * directions[1])``
+    for every grid point and each split in ``data`` (values ``<split>_loss``, ``<split>_acc``), plus
+    the center itself (attributes ``<split>_loss_center``, ``<split>_acc_center``).
+
+    Points already done in ``store`` are skipped (resume). The flat indices are cut into fixed
+    chunks of ``chunk_size``; a chunk is computed as one unit and recorded in ``store``, which
+    flushes it to disk, so a rerun or another number of ranks evaluates exactly the same groups
+    of points. Under torch.distributed every rank computes whole chunks in turn and the results
+    are gathered once per round of chunks (never inside the evaluation loop); every rank ends
+    with the full surface, and only rank 0's ``store`` should have a path. ``center`` defaults to
+    the model's current state_dict.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = None if y is None else np.asarray(y, dtype=np.float64)
+    if len(directions) != (1 if y is None else 2):
+        raise ValueError(f"a {'1-D' if y is None else '2-D'} grid needs {1 if y is None else 2} directions, "
+                         f"got {len(directions)}")
+    # An engine that loads points into the model would overwrite a center aliasing its tensors.
+    own = {v.data_ptr() for v in model.state_dict().values()}
+    center = {k: v.detach().clone() if v.data_ptr() in own else v
+              for k, v in (center if center is not None else model.state_dict()).items()}
+    names = value_names(list(data))
+    if store is None:
+        store = SurfaceStore(x, y, names)
+    missing = set(names) - set(store.values)
+    if missing:
+        raise ValueError(f"the store has no room for {sorted(missing)}")
+    evaluators = {split: Evaluator(model, center, directions, d, eval_config) for split, d in data.items()}
+    rank, world = _world()
+    done = store.done.copy()
+    if world > 1:
+        box = [done]
+        dist.broadcast_object_list(box, src=0)
+        done = np.asarray(box[0], dtype=bool)
+    if rank == 0 and any(f"{split}_loss_center" not in store.attrs for split in data):
+        zero = torch.zeros(1, len(directions), dtype=torch.float64)
+        for split, evaluator in evaluators.items():
+            loss, acc, _ = evaluator.evaluate(zero)
+            store.attrs[f"{split}_loss_center"], store.attrs[f"{split}_acc_center"] = float(loss[0]), float(acc[0])
+        store.flush()  # the file exists, with the center, before the first chunk is done
+    n = done.size
+    chunk = chunk_size or _default_chunk_size(n)
+    chunks = [idx for start in range(0, n, chunk)
+              if (idx := np.arange(start, min(start + chunk, n))[~done[start:start + chunk]]).size]
+    bar = tqdm(total=int((~done).sum()), desc="scan", unit="pt", disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    info: EvalInfo | None = None
+    try:
+        for first in range(0, len(chunks), world):
+            mine = chunks[first + rank] if first + rank < len(chunks) else np.arange(0)
+            index, values, seconds, chunk_info = _compute_chunk(evaluators, x, y, mine)
+            info = chunk_info or info
+            gathered = [(index, values, seconds)]
+            if world > 1:
+                gathered = [None] * world
+                dist.all_gather_object(gathered, (index, values, seconds))
+            for index, values, seconds in gathered:  # type: ignore[misc]
+                if len(index):
+                    store.record(index, values, seconds)
+                    bar.update(len(index))
+    finally:
+        bar.close()
+    if info is not None and rank == 0:
+        store.attrs.update({k: v for k, v in info.attrs().items() if k.removeprefix("eval_") in _INFO_ATTRS})
+        if eval_config.dtype != "float32" and eval_config.deviation_points > 0:
+            store.attrs.update(_deviation(evaluators, store, x, y, eval_config.deviation_points))
+        store.flush()
+    return store.surface()
+
+
+def _compute_chunk(evaluators: Mapping[str, Evaluator], x: np.ndarray, y: np.ndarray | None, index: np.ndarray
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], float, EvalInfo | None]:
+    """Evaluate one chunk of flat indices on every split: (index, values, seconds per point, info)."""
+    if not len(index):
+        return index, {}, 0.0, None
+    coords = _grid_coords(x, y, index)
+    start = time.perf_counter()
+    values: dict[str, np.ndarray] = {}
+    info = None
+    for split, evaluator in evaluators.items():
+        loss, acc, info = evaluator.evaluate(coords)
+        values[f"{split}_loss"] = loss.double().cpu().numpy()
+        values[f"{split}_acc"] = acc.double().cpu().numpy()
+    return index, values, (time.perf_counter() - start) / len(index), info
+
+
+def _deviation(evaluators: Mapping[str, Evaluator], store: SurfaceStore, x: np.ndarray, y: np.ndarray | None,
+               points: int) -> dict[str, float]:
+    """How far the lower-precision values of a few computed points are from float32."""
+    split, evaluator = next(iter(evaluators.items()))
+    done = np.flatnonzero(store.done)
+    index = done[np.unique(np.linspace(0, len(done) - 1, min(points, len(done))).round().astype(int))]
+    loss = torch.from_numpy(store.values[f"{split}_loss"][index])
+    acc = torch.from_numpy(store.values[f"{split}_acc"][index])
+    dev = evaluator.deviation(_grid_coords(x, y, index), loss, acc, n_points=len(index))
+    return {f"eval_deviation_{k}": v for k, v in dev.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# scan(): checkpoint + data + directions + file, then compute_surface
+# --------------------------------------------------------------------------------------------
+
+def _train_command(config: ScanConfig) -> str:
+    parts = ["python -m models.train", f"--model {config.model}"]
+    if config.noshort:
+        parts.append("--noshort")
+    parts.append(f"--dataset {config.dataset}")
+    if config.dataset != "synthetic":
+        parts.append(f"--data-root {config.data_root}")
+    parts += [f"--data-kw {k}={v}" for k, v in (config.data_kwargs or {}).items()]
+    return " ".join(parts)
+
+
+def default_checkpoint(config: ScanConfig) -> Path:
+    """Where ``models.train`` puts the final weights of this model and data set by default."""
+    from models.train import TrainConfig
+    return TrainConfig(model=config.model, noshort=config.noshort, dataset=config.dataset).out_dir / "final.pt"
+
+
+def _resolve_checkpoint(config: ScanConfig) -> Path:
+    if config.checkpoint is not None:
+        path = Path(config.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        return path
+    path = default_checkpoint(config)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no --checkpoint given and none found at {path}; a scan of an untrained network would "
+            f"be meaningless. Train one first:\n    {_train_command(config)}\n"
+            f"(it writes {path}; add --epochs N for a shorter run), or pass --checkpoint FILE.")
+    return path
+
+
+def _device(config: ScanConfig, world: int) -> torch.device:
+    name = config.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {config.device!r} asked for but CUDA is not available here; use --device cpu")
+        if world > 1 and name == "cuda":
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return torch.device(name)
+
+
+def _data_digest(data: DeviceData) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    h.update(data.x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(data.y.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_data(config: ScanConfig, meta: Mapping[str, Any], num_classes: int, in_channels: int
+               ) -> tuple[dict[str, DeviceData], dict[str, Any]]:
+    data_kwargs = config.data_kwargs
+    if data_kwargs is None:
+        trained = meta.get("config", {}) if isinstance(meta.get("config"), Mapping) else {}
+        data_kwargs = dict(trained.get("data_kwargs") or {}) if trained.get("dataset") == config.dataset else {}
+    data = {split: load_device_data(config.dataset, config.data_root, split, config.samples, "cpu", **data_kwargs)
+            for split in config.splits}
+    for split, d in data.items():
+        if d.x.shape[1] != in_channels:
+            raise ValueError(f"the model takes {in_channels}-channel images but {config.dataset} ({split}) has "
+                             f"{d.x.shape[1]} channels: scan it on the data set it was trained on")
+        if int(d.y.max()) >= num_classes:
+            raise ValueError(f"{config.dataset} has labels up to {int(d.y.max())} but the model has only "
+                             f"{num_classes} outputs: scan it on the data set it was trained on")
+    return data, data_kwargs
+
+
+def _directions(config: ScanConfig, model: nn.Module, model2: nn.Module | None
+                ) -> tuple[list[State], dict[str, Any]]:
+    """Reuse an existing --dir-file, else draw the directions (all ranks alike); ``meta["save"]``
+    then holds the attributes to save them with (done once the output file is known to be ours)."""
+    path = config.dir_path
+    dconf = config.directions
+    if config.dir_file is not None and path.is_file():
+        if model2 is not None:
+            raise ValueError(f"--model2 and the existing direction file {path} both define the x direction; "
+                             f"drop one of them (or name a new --dir-file to create)")
+        info = direction_file_info(path)
+        if info["ndim"] < config.ndim:
+            raise ValueError(f"direction file {path} holds only an x direction (it was made for a 1-D scan); a "
+                             f"2-D scan needs ydirection too: pass a new --dir-file (it will be created) or drop --y")
+        dir_type = resolve_dir_type(path, model, config.dir_type)
+        directions = load_directions(path, model, dir_type)[:config.ndim]
+        own = {k: v for k, v in info["attrs"].items() if isinstance(v, (str, int, float, bool))}
+        meta = {"directions_source": "file" if own else "file (reference project)", "dir_type": dir_type,
+                "directions_meta": own}
+        return directions, meta
+    directions = create_directions(model, dconf, target=model2)
+    meta = {"directions_source": "target" if model2 is not None else "random", "dir_type": dconf.dir_type,
+            "directions_meta": {k: v for k, v in asdict(dconf).items()}}
+    if not (path.is_file() and _file_digest(path) == directions_digest(directions)):
+        meta["save"] = {"source": meta["directions_source"], "model": config.model_name, **asdict(dconf)}
+    return directions, meta
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return direction_file_info(path)["attrs"].get("digest")
+    except (OSError, ValueError):
+        return None
+
+
+def _plot(path: Path) -> list[Path]:
+    """Hand the finished file to landscapes.plot (imported only here: computing never plots). A
+    failing plot is reported, not raised: the surface itself is done and safe on disk."""
+    from .plot import plot_surface_file
+    try:
+        return plot_surface_file(path)
+    except (ValueError, OSError, ImportError) as err:
+        print(f"warning: the surface is complete but plotting it failed: {err}. Retry with "
+              f"python -m landscapes.plot {path}", file=sys.stderr)
+        return []
+
+
+@dataclass
+class ScanSetup:
+    """Everything a scan computes on, resolved from its config once: the model (eval mode, on the
+    CPU), the data (CPU), the directions, the grid, and the identity a resumed file must match
+    plus the attributes it is written with. Hessian maps reuse it, so that a map made with the
+    same arguments lies on exactly the plane of the loss surface."""
+
+    config: ScanConfig
+    device: torch.device
+    checkpoint: Path
+    model: nn.Module
+    data: dict[str, DeviceData]
+    directions: list[State]
+    x: np.ndarray
+    y: np.ndarray | None
+    identity: dict[str, Any]
+    attrs: dict[str, Any]
+    dir_meta: dict[str, Any]
+
+    def save_directions(self) -> None:
+        """Write newly drawn directions to ``config.dir_path`` (a no-op for a reused file). Call
+        it once the output file is known to be yours: a refused run must leave files alone."""
+        if "save" in self.dir_meta:
+            save_directions(self.config.dir_path, self.directions, self.model, self.dir_meta["dir_type"],
+                            meta=self.dir_meta["save"])
+
+    def on_device(self) -> tuple[State, list[State], dict[str, DeviceData]]:
+        """Move the model to ``device``; return a copy of its state (the center, never aliasing
+        the parameters that an engine may overwrite point by point), directions and data there."""
+        self.model.to(self.device)
+        center = {k: v.detach().to(self.device, copy=True) for k, v in self.model.state_dict().items()}
+        directions = [{k: v.to(self.device) for k, v in d.items()} for d in self.directions]
+        return center, directions, {s: d.to(self.device) for s, d in self.data.items()}
+
+
+def prepare_scan(config: ScanConfig) -> ScanSetup:
+    """Resolve the checkpoint (never a random initialization), load model and data, reuse or draw
+    the directions, and describe the scan (identity and attributes). Touches no output file."""
+    _, world = _world()
+    device = _device(config, world)
+    if config.dtype == "tf32" and device.type != "cuda":
+        raise ValueError(f"dtype tf32 exists only on CUDA devices, not on {device}; use float32 or bfloat16")
+    ck_path = _resolve_checkpoint(config)
+    model, meta = load_checkpoint(ck_path, name=config.model_name)
+    model.eval()
+    spec_kwargs = dict(model.spec.kwargs)
+    data, data_kwargs = _load_data(config, meta, spec_kwargs.get("num_classes", 10), spec_kwargs.get("in_channels", 3))
+    model2 = ck2_sha = None
+    if config.model2 is not None:
+        if not Path(config.model2).is_file():
+            raise FileNotFoundError(f"--model2 checkpoint {config.model2!r} does not exist")
+        model2, _ = load_checkpoint(config.model2, name=config.model_name)
+        ck2_sha = sha256(config.model2)
+    directions, dir_meta = _directions(config, model, model2)
+    digest = directions_digest(directions)
+    identity = {
+        "model": config.model_name, "model_kwargs": spec_kwargs, "checkpoint_sha256": sha256(ck_path),
+        "model2_sha256": ck2_sha, "dataset": config.dataset, "data_kwargs": data_kwargs, "split": config.split,
+        "samples": config.samples, "data_sha256": {s: _data_digest(d) for s, d in data.items()},
+        "x": [config.x.start, config.x.stop, config.x.num],
+        "y": None if config.y is None else [config.y.start, config.y.stop, config.y.num],
+        "directions_sha256": digest, "dir_type": dir_meta["dir_type"], "dtype": config.dtype, "bn_mode": config.bn,
+    }
+    if config.bn != "stored":  # statistics from batches: their size and the calibration set matter
+        ev = config.eval_config
+        identity.update(stats_batch_size=ev.stats_batch_size, calibration_samples=ev.calibration_samples)
+    cos = cosine(directions[0], directions[1]) if len(directions) == 2 else None
+    attrs = {
+        "model": config.model_name, "model_kwargs": spec_kwargs, "checkpoint": str(ck_path),
+        "checkpoint_sha256": identity["checkpoint_sha256"], "model2": config.model2 or "",
+        "model2_sha256": ck2_sha or "", "dataset": config.dataset, "data_root": str(config.data_root),
+        "data_kwargs": data_kwargs, "split": config.split, "samples": config.samples if config.samples else 0,
+        "num_samples": {s: len(d) for s, d in data.items()}, "seed": config.seed, "dir_type": dir_meta["dir_type"],
+        "xnorm": config.xnorm, "xignore": config.xignore, "ynorm": config.ynorm, "yignore": config.yignore,
+        "orthogonalize": config.orthogonalize, "same_dir": config.same_dir, "directions_sha256": digest,
+        "directions_source": dir_meta["directions_source"], "directions_meta": dir_meta["directions_meta"],
+        "directions_cosine": np.nan if cos is None else cos, "dtype": config.dtype, "bn_mode": config.bn,
+        "eval_config": asdict(config.eval_config), "device": str(device), "world_size": world,
+        "version": package_version(), "torch_version": str(torch.__version__),
+    }
+    x, y = config.x.coordinates(), None if config.y is None else config.y.coordinates()
+    return ScanSetup(config, device, ck_path, model, data, directions, x, y, identity, attrs, dir_meta)
+
+
+def scan(config: ScanConfig) -> ScanResult:
+    """Run a scan end to end and return the finished surface.
+
+    Continues an existing output file computed with the same arguments (only missing points are
+    evaluated); refuses one computed with others unless ``config.force``. Under torch.distributed
+    (initialized by the caller, e.g. :func:`main` under torchrun) the points are sharded over the
+    ranks and rank 0 writes; the file equals a single-process scan's.
+    """
+    start = time.perf_counter()
+    rank, world = _world()
+    setup = prepare_scan(config)
+    if world > 1:
+        digests: list[Any] = [None] * world
+        dist.all_gather_object(digests, setup.identity["directions_sha256"])
+        if len(set(digests)) != 1:
+            raise ValueError(f"ranks hold different directions ({digests}); is --dir-file on a disk all ranks share?")
+    x, y = setup.x, setup.y
+    names = value_names(config.splits)
+    out = config.out_path
+
+    # Rank 0 owns the file; the others learn whether it could be opened (else they would hang).
+    store: SurfaceStore | None = None
+    status: list[Any] = [None, None]
+    if rank == 0:
+        try:
+            store = SurfaceStore.open(out, x, y, names, setup.identity, setup.attrs, dir_file=str(config.dir_path),
+                                      force=config.force, flush_seconds=config.flush_seconds)
+            setup.save_directions()
+        except (ValueError, OSError) as err:
+            if store is not None:
+                store.close()
+            if world == 1:
+                raise
+            status = [str(err), None]
+        else:
+            status = [None, store.attrs.get("chunk_size")]
+    if world > 1:
+        dist.broadcast_object_list(status, src=0)
+        if status[0] is not None:
+            raise SurfaceConflictError(status[0] if rank == 0 else f"rank 0 could not open {out}: {status[0]}")
+    chunk = config.chunk_size or status[1] or _default_chunk_size(x.size * (1 if y is None else y.size))
+    try:
+        center, directions, data = setup.on_device()
+        if store is None:  # ranks > 0: in-memory mirror of the surface
+            store = SurfaceStore(x, y, names)
+        todo_before = int((~store.done).sum()) if rank == 0 else 0
+        if rank == 0 and store.path is not None:
+            store.attrs["chunk_size"] = int(chunk)
+            store.begin_run(device=str(setup.device), world_size=world, batch_size=config.batch_size or 0,
+                            engine=config.engine)
+        if rank == 0 and not todo_before:
+            print(f"{out}: all {store.done.size} points already computed; nothing to do", file=sys.stderr)
+        surface = compute_surface(setup.model, directions, x, y, data, config.eval_config, center=center,
+                                  store=store, chunk_size=chunk, progress=config.progress)
+    finally:
+        if store is not None:
+            store.close()
+    plots = _plot(out) if config.plot and rank == 0 else []
+    if rank == 0 and out.exists():
+        surface = read_surface(out)
+    return ScanResult(out, surface, config.dir_path, todo_before, time.perf_counter() - start, plots)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def _axis_arg(name: str):
+    def parse(text: str) -> Axis:
+        try:
+            return parse_axis(text, name)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = f"{name} grid"
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m landscapes.scan", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=ScanConfig.model, help="registry name (python -m models.summary --list)")
+    g.add_argument("--noshort", action="store_true", help="the model without skip connections")
+    g.add_argument("--checkpoint", help="trained weights (default: runs/<model>_<dataset>/final.pt)")
+    g.add_argument("--model2", help="second checkpoint: x = model2 - model, a 1-D interpolation")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=ScanConfig.dataset, choices=list(DATASETS))
+    g.add_argument("--data-root", default=ScanConfig.data_root)
+    g.add_argument("--data-kw", action="append", default=None, metavar="KEY=VALUE",
+                   help="synthetic data option (default: as the checkpoint was trained)")
+    g.add_argument("--split", default=ScanConfig.split, choices=SPLITS)
+    g.add_argument("--samples", type=int, help="the first N images of the split, in data set order")
+    g = p.add_argument_group("grid and directions")
+    g.add_argument("--x", type=_axis_arg("x"), default=ScanConfig.x, help=_AXIS_HELP)
+    g.add_argument("--y", type=_axis_arg("y"), help="as --x; omit for a 1-D scan")
+    g.add_argument("--dir-type", choices=DIR_TYPES, help="weights, or states (BN statistics too); "
+                   "default: states with --model2, else weights")
+    g.add_argument("--xnorm", default=ScanConfig.xnorm, choices=NORMS)
+    g.add_argument("--xignore", default=ScanConfig.xignore, choices=IGNORES)
+    g.add_argument("--ynorm", default=ScanConfig.ynorm, choices=NORMS)
+    g.add_argument("--yignore", default=ScanConfig.yignore, choices=IGNORES)
+    g.add_argument("--seed", type=int, default=ScanConfig.seed, help="seed of the random directions")
+    g.add_argument("--orthogonalize", action="store_true", help="make y orthogonal to x (per filter)")
+    g.add_argument("--same-dir", action="store_true", help="y = x")
+    g.add_argument("--dir-file", help="direction file to reuse, or to create (default: <out>_dirs.h5)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--batch-size", type=int, help="images per forward (default: from free memory)")
+    g.add_argument("--points-per-pass", type=int, help="grid points per batched forward (default: from memory)")
+    g.add_argument("--engine", default=ScanConfig.engine, choices=ENGINES,
+                   help="auto: batched on CUDA, loop on CPU; naive is the slow reference")
+    g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the forward (reduce-overhead: CUDA graphs)")
+    g.add_argument("--device", default=ScanConfig.device, help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--dtype", default=ScanConfig.dtype, choices=DTYPES)
+    g.add_argument("--bn", default=ScanConfig.bn, choices=BN_MODES,
+                   help="BN statistics: stored (paper), recalibrate at each point, batch")
+    g.add_argument("--calibration-samples", type=int, help="--bn recalibrate: first N images (default: all)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="surface file (default: results/surfaces/<model>_<dataset>_<grid>.h5)")
+    g.add_argument("--chunk-size", type=int, help="points per flushed chunk (default: from the grid)")
+    g.add_argument("--flush-seconds", type=float, default=ScanConfig.flush_seconds,
+                   help="write the file at most this often (0: after every chunk)")
+    g.add_argument("--force", action="store_true", help="replace an output computed with other arguments")
+    g.add_argument("--plot", action="store_true", help="plot the surface when done (landscapes.plot)")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def _init_distributed(device: str) -> bool:
+    """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return True
+
+
+def _glue_grid_args(argv: Sequence[str]) -> list[str]:
+    """``--x -1:1:51`` -> ``--x=-1:1:51``: argparse would take "-1:1:51" for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in ("--x", "--y"):
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = vars(build_parser().parse_args(_glue_grid_args(sys.argv[1:] if argv is None else argv)))
+    from models.train import _key_values  # one parser for KEY=VALUE options across CLIs
+    started = _init_distributed(args["device"])
+    rank, world = _world()
+    try:
+        kw = args.pop("data_kw")
+        args["data_kwargs"] = None if kw is None else _key_values(kw)
+        result = scan(ScanConfig(**args))
+    except (ValueError, FileNotFoundError) as err:  # CheckpointError, SurfaceConflictError are ValueErrors
+        prefix = "error" if world == 1 else f"error (rank {rank})"
+        print(f"{prefix}: {err}", file=sys.stderr)
+        if started:
+            dist.destroy_process_group()
+        sys.exit(2)
+    except KeyboardInterrupt:  # the points computed so far were flushed on the way out
+        print("interrupted: run the same command again to compute the remaining points", file=sys.stderr)
+        sys.exit(130)
+    if started:
+        dist.destroy_process_group()
+    if rank == 0:
+        s = result.surface
+        centre = ", ".join(f"{name} {s.attrs[name + '_center']:.4g}" for name in value_names(SPLITS[:2])
+                           if name + "_center" in s.attrs)
+        per_point = s.attrs.get("seconds_per_point", float("nan"))
+        print(f"{result.path}: {int(s.done.sum())}/{s.done.size} points ({result.points_computed} computed now "
+              f"in {result.seconds:.1f} s, {per_point:.3g} s/point); at the center: {centre}")
+        print(f"directions: {s.attrs.get('directions_source')} ({s.attrs.get('dir_type')}), {result.dir_file}"
+              + (f"; cos(x, y) = {s.attrs['directions_cosine']:.2g}" if s.y is not None else ""))
+        for plot in result.plots:
+            print(f"plot: {plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""Surface files: loss/accuracy on a 1-D or 2-D grid in the HDF5 layout of
+tomgoldstein/loss-landscape, plus a done-mask and the attributes needed to reproduce them.
+
+Ours store 2-D values as (ny, nx) with value[iy, ix] at (x[ix], y[iy]), NaN where not computed,
+and are only ever replaced whole (temporary file + rename), so a kill at any moment leaves the
+previous complete version on disk. :func:`read_surface` also reads the reference project's files.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+FORMAT = "resnet-toolkit/1"
+REFERENCE_FORMAT = "tomgoldstein/loss-landscape"
+# Attributes stored as JSON text because HDF5 attributes cannot hold dicts or lists of dicts.
+JSON_ATTRS = frozenset({"identity", "history", "model_kwargs", "data_kwargs", "eval_config", "directions_meta",
+                        "num_samples"})
+_RESERVED = frozenset({"xcoordinates", "ycoordinates", "dir_file", "done", "point_seconds"})
+
+__all__ = ["Surface", "SurfaceStore", "SurfaceConflictError", "read_surface", "write_surface", "FORMAT",
+           "REFERENCE_FORMAT"]
+
+
+class SurfaceConflictError(ValueError):
+    """An existing surface file was computed with other arguments (or is not ours)."""
+
+
+@dataclass
+class Surface:
+    """A surface in memory. ``values[name]`` has shape (ny, nx) (2-D) or (nx,) (1-D), with
+    ``values[name][iy, ix]`` at ``(x[ix], y[iy])`` and NaN where not computed; ``done`` says
+    which points were computed (a computed loss may itself be NaN when a model diverges)."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    values: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+    path: str
+    done: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.x),) if self.y is None else (len(self.y), len(self.x))
+
+    @property
+    def complete(self) -> bool:
+        return self.done is not None and bool(self.done.all())
+
+
+def _decode(value: Any, name: str = "") -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        value = [_decode(v) for v in value.tolist()]
+    if name in JSON_ATTRS and isinstance(value, str) and value:
+        value = json.loads(value)
+    return value
+
+
+def _encode(value: Any, name: str) -> Any:
+    if name in JSON_ATTRS or isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, str) for v in value):
+            return np.array(value, dtype=h5py.string_dtype())
+        return np.asarray(value, dtype=np.float64)
+    if isinstance(value, str):
+        return str(value)  # str subclasses (torch's TorchVersion) have no HDF5 type
+    return "" if value is None else value
+
+
+def read_surface(path: str | os.PathLike) -> Surface:
+    """Read a surface file written by this toolkit or by the reference project.
+
+    The reference code declares 2-D datasets as (nx, ny) but fills them in ``np.meshgrid(x, y)``
+    ravel order and marks missing points with -1: its flat buffer is reshaped to (ny, nx), and -1
+    in ``*_loss``/``*_acc``/``*_err`` values becomes NaN.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"surface file {str(path)!r} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable HDF5 surface file: {err}") from None
+    with f:
+        if "xcoordinates" not in f:
+            kind = "a direction file" if "xdirection" in f else "not a surface file"
+            raise ValueError(f"{path} has no 'xcoordinates' dataset ({kind})")
+        x = np.asarray(f["xcoordinates"][()], dtype=np.float64).reshape(-1)
+        y = np.asarray(f["ycoordinates"][()], dtype=np.float64).reshape(-1) if "ycoordinates" in f else None
+        shape = (len(x),) if y is None else (len(y), len(x))
+        size = math.prod(shape)
+        attrs = {k: _decode(v, k) for k, v in f.attrs.items()}
+        if "dir_file" in f:
+            attrs["dir_file"] = _decode(f["dir_file"][()])
+        ours = attrs.get("format") == FORMAT
+        values: dict[str, np.ndarray] = {}
+        for name, ds in f.items():
+            if name in _RESERVED or not isinstance(ds, h5py.Dataset) or ds.size != size or ds.dtype.kind != "f":
+                continue
+            raw = np.array(ds[()], dtype=np.float64).reshape(shape)  # theirs: flat buffer is (ny, nx)
+            if not ours and name.endswith(("_loss", "_acc", "_err")):
+                raw[raw == -1] = np.nan
+            values[name] = raw
+        if ours and "done" in f:
+            done = np.asarray(f["done"][()], dtype=bool).reshape(shape)
+        else:
+            attrs.setdefault("format", REFERENCE_FORMAT)
+            done = np.logical_and.reduce([~np.isnan(v) for v in values.values()]) if values \
+                else np.zeros(shape, bool)
+        if ours and "point_seconds" in f:
+            attrs["point_seconds"] = np.asarray(f["point_seconds"][()], dtype=np.float64).reshape(shape)
+    return Surface(x, y, values, attrs, str(path), done)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, x: np.ndarray, y: np.ndarray | None, values: Mapping[str, np.ndarray],
+                done: np.ndarray, point_seconds: np.ndarray | None, attrs: Mapping[str, Any], dir_file: str) -> None:
+    """Write a complete file under a temporary name, fsync, rename over ``path``."""
+    shape = (len(x),) if y is None else (len(y), len(x))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f["xcoordinates"] = x
+            if y is not None:
+                f["ycoordinates"] = y
+            for name, v in values.items():
+                f[name] = np.asarray(v, dtype=np.float64).reshape(shape)
+            f["done"] = np.asarray(done, dtype=bool).reshape(shape)
+            if point_seconds is not None:
+                f["point_seconds"] = np.asarray(point_seconds, dtype=np.float64).reshape(shape)
+            f["dir_file"] = dir_file  # a scalar string dataset, as the reference writes it
+            for k, v in attrs.items():
+                f.attrs[k] = _encode(v, k)
+            f.attrs["format"] = FORMAT
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None, values: Mapping[str, np.ndarray],
+                  attrs: Mapping[str, Any] | None = None, dir_file: str = "", done: np.ndarray | None = None) -> Path:
+    """Write a whole surface at once (e.g. a Hessian map or a test fixture) in our layout.
+
+    ``values`` are (ny, nx) or (nx,); ``done`` defaults to "not NaN"."""
+    x = np.asarray(x, dtype=np.float64)
+    y = None if y is None else np.asarray(y, dtype=np.float64)
+    shape = (len(x),) if y is None else (len(y), len(x))
+    for name, v in values.items():
+        if np.shape(v) != shape:
+            raise ValueError(f"value {name!r} has shape {np.shape(v)}, expected {shape} ((ny, nx) or (nx,))")
+        if name in _RESERVED:
+            raise ValueError(f"{name!r} is a reserved dataset name in surface files")
+    if done is None:
+        done = np.logical_and.reduce([~np.isnan(np.asarray(v, float)) for v in values.values()]) \
+            if values else np.zeros(shape, bool)
+    from models.checkpoint import package_version
+    _write_file(Path(path), x, y, values, done, None, {"version": package_version(), **(attrs or {})}, dir_file)
+    return Path(path)
+
+
+class _FileLock:
+    """An advisory lock next to the output so two runs never write one surface at once
+    (the kernel drops it when a process dies, SIGKILL included)."""
+
+    def __init__(self, path: Path):
+        self.path = path.with_name(f".{path.name}.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise SurfaceConflictError(f"another process is writing {path} (lock {self.path} is held); "
+                                       f"wait for it or choose another --out") from None
+
+    def release(self) -> None:
+        if not self.fh.closed:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+            self.fh.close()
+
+
+class SurfaceStore:
+    """A surface being computed: arrays in memory, flushed to ``path`` whole and atomically.
+
+    Points are addressed by flat index ``k = iy * nx + ix`` (the reference's meshgrid ravel
+    order). :meth:`record` stores values of computed points and flushes when ``flush_seconds``
+    have passed since the last write; values and the done mask always land in the same file
+    version, so a file never claims a point it does not hold. With ``path=None`` nothing is
+    written (studies that only want arrays).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray | None, names: Sequence[str], attrs: Mapping[str, Any] | None = None,
+                 path: str | os.PathLike | None = None, dir_file: str = "", flush_seconds: float = 5.0):
+        self.x = np.asarray(x, dtype=np.float64)
+        self.y = None if y is None else np.asarray(y, dtype=np.float64)
+        self.shape = (len(self.x),) if self.y is None else (len(self.y), len(self.x))
+        n = math.prod(self.shape)
+        self.values = {name: np.full(n, np.nan) for name in names}
+        self.done = np.zeros(n, dtype=bool)
+        self.point_seconds = np.full(n, np.nan)
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        self.path = None if path is None else Path(path)
+        self.dir_file = dir_file
+        self.flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
+        self._dirty = False
+        self._lock: _FileLock | None = None
+        self._run: dict[str, Any] | None = None
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None, names: Sequence[str],
+             identity: Mapping[str, Any], attrs: Mapping[str, Any] | None = None, dir_file: str = "",
+             force: bool = False, flush_seconds: float = 5.0) -> SurfaceStore:
+        """Continue the surface at ``path`` if its stored identity equals ``identity``, else start
+        a new one. A file computed with other arguments raises :class:`SurfaceConflictError`
+        unless ``force`` (it is then replaced at the first flush, not before). Takes a lock that
+        :meth:`close` releases."""
+        path = Path(path)
+        identity = json.loads(json.dumps(dict(identity), sort_keys=True))
+        lock = _FileLock(path)
+        try:
+            for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
+                stale.unlink(missing_ok=True)
+            store = cls(x, y, names, attrs, path, dir_file, flush_seconds)
+            store.attrs["identity"] = identity
+            if path.exists() and not force:
+                store._adopt(read_surface(path), identity)
+            store._lock = lock
+        except BaseException:
+            lock.release()
+            raise
+        return store
+
+    def _adopt(self, old: Surface, identity: dict[str, Any]) -> None:
+        path = old.path
+        if old.attrs.get("format") != FORMAT:
+            raise SurfaceConflictError(f"{path} is not a resnet-toolkit surface ({old.attrs.get('format')}); it is "
+                                       f"left untouched: choose another --out, or --force to replace it")
+        stored = old.attrs.get("identity") or {}
+        diff = sorted(k for k in stored.keys() | identity.keys() if stored.get(k) != identity.get(k))
+        if diff or set(old.values) != set(self.values) or old.shape != self.shape:
+            details = [f"{k}: {_short(stored.get(k))} in the file vs {_short(identity.get(k))} now" for k in diff]
+            if set(old.values) != set(self.values):
+                details.append(f"values: {sorted(old.values)} in the file vs {sorted(self.values)} now")
+            raise SurfaceConflictError(
+                f"{path} was computed with other arguments ({'; '.join(details)}). Use another --out, or "
+                f"--force to discard it and recompute.")
+        for name in self.values:
+            self.values[name] = old.values[name].reshape(-1).copy()
+        self.done = old.done.reshape(-1).copy()
+        if isinstance(old.attrs.get("point_seconds"), np.ndarray):
+            self.point_seconds = old.attrs["point_seconds"].reshape(-1).copy()
+        for k, v in old.attrs.items():
+            if k not in ("point_seconds", "format", "dir_file", "identity"):
+                self.attrs.setdefault(k, v)
+        self.attrs["history"] = list(old.attrs.get("history") or [])
+
+    # -- writing -----------------------------------------------------------------------------
+    def begin_run(self, **info: Any) -> None:
+        """Start a history entry (host, device, ...) that each flush updates."""
+        self._run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
+                     "points": 0, "seconds": 0.0, **info}
+        self.attrs.setdefault("history", [])
+        self.attrs["history"] = list(self.attrs["history"]) + [self._run]
+
+    def record(self, index: np.ndarray, values: Mapping[str, np.ndarray], seconds_per_point: float) -> None:
+        """Store computed values at flat indices ``index``; flushes when one is due."""
+        index = np.asarray(index, dtype=np.int64)
+        for name, v in values.items():
+            self.values[name][index] = np.asarray(v, dtype=np.float64)
+        self.point_seconds[index] = seconds_per_point
+        self.done[index] = True
+        if self._run is not None:
+            self._run["points"] += len(index)
+            self._run["seconds"] = round(self._run["seconds"] + seconds_per_point * len(index), 4)
+        self._dirty = True
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the whole file now (no-op without a path)."""
+        if self.path is None:
+            return
+        spent = self.point_seconds[self.done & ~np.isnan(self.point_seconds)]
+        self.attrs["points_done"] = int(self.done.sum())
+        self.attrs["points_total"] = int(self.done.size)
+        self.attrs["seconds_per_point"] = float(spent.mean()) if spent.size else float("nan")
+        self.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        _write_file(self.path, self.x, self.y, {k: v.reshape(self.shape) for k, v in self.values.items()},
+                    self.done.reshape(self.shape), self.point_seconds.reshape(self.shape), self.attrs, self.dir_file)
+        self._last_flush = time.monotonic()
+        self._dirty = False
+
+    def close(self) -> None:
+        """Flush pending results and release the lock."""
+        try:
+            if self._dirty:
+                self.flush()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def __enter__(self) -> SurfaceStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------------------------
+    def todo(self) -> np.ndarray:
+        """Flat indices of the points not computed yet, in order."""
+        return np.flatnonzero(~self.done)
+
+    def surface(self) -> Surface:
+        attrs = {**self.attrs, "point_seconds": self.point_seconds.reshape(self.shape).copy(),
+                 "dir_file": self.dir_file, "format": FORMAT}
+        return Surface(self.x.copy(), None if self.y is None else self.y.copy(),
+                       {k: v.reshape(self.shape).copy() for k, v in self.values.items()}, attrs,
+                       "" if self.path is None else str(self.path), self.done.reshape(self.shape).copy())
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+

@@ -1,0 +1,234 @@
+"""Li et al. 2018, Fig. 2-3: small-batch vs large-batch minimizers, with and without weight decay.
+The linear interpolation between them (Goodfellow et al.) makes whichever solution has the smaller
+weights look sharper; filter-normalized 1-D slices remove that scale effect and show the large-batch
+minimizer sharper, in line with its higher test error.
+
+    python studies/batch_size_flatness.py [--quick | --smoke]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from studies.common import (Timer, fail, load_trained, new_figure, parse_args, run_path, save_figure, scan_run,
+                            trained_record, training_recipe, write_json, write_readme)
+
+NAME = "batch_size_flatness"
+
+# Li et al. 2018, Fig. 3 (VGG-9 on CIFAR-10, 300 epochs): test error (%) in the sub-figure titles,
+# keyed by (weight decay, batch size). Transcribed from memory of the figure, not checked against
+# the paper's text here: treat them as approximate.
+PAPER_TEST_ERROR = {(0.0, 128): 7.37, (0.0, 8192): 11.07, (5e-4, 128): 6.00, (5e-4, 8192): 10.19}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    small: int                  # batch sizes
+    large: int
+    weight_decays: tuple[float, ...]
+    training: dict[str, Any]    # TrainConfig overrides
+    samples: int | None         # images per point (train and test split)
+    random_axis: str            # filter-normalized 1-D slice
+    interp_axis: str            # interpolation, 0 = small batch, 1 = large batch
+
+
+MODES = {
+    # The paper: VGG-9, CIFAR-10, 300 epochs, lr 0.1 (/10 at epochs 150, 225, 275), batch 128 vs 8192.
+    "full": Settings("vgg9", 128, 8192, (0.0, 5e-4), dict(epochs=300, lr=0.1, milestones=(0.5, 0.75, 275 / 300)),
+                     None, "-1:1:51", "-0.5:1.5:401"),
+    # 2 CPU cores: ResNet-8 (VGG-9 trains ~4x slower), 2048 MNIST images, 30 epochs at the paper's
+    # lr 0.1 (~90 s per run); batch 64 vs 512 (960 vs 120 steps). Weight decay 5e-3: in ~120x fewer
+    # steps than the paper's, 5e-4 would shrink the small-batch weights by ~2% and the large-batch
+    # ones by 0.3%; ten times that lets its effect show.
+    "quick": Settings("resnet8", 64, 512, (0.0, 5e-3), dict(samples=2048, test_samples=1000, epochs=30, lr=0.1),
+                      512, "-1:1:21", "-0.5:1.5:41"),
+    "smoke": Settings("resnet8", 16, 96, (0.0, 5e-4), dict(epochs=3), 32, "-1:1:5", "-0.5:1.5:5"),
+}
+
+
+def paper_setting(wd: float, small: bool) -> tuple[float, int]:
+    """The paper's (weight decay, batch size) that a run of ours stands for."""
+    return (0.0 if wd == 0 else 5e-4, 128 if small else 8192)
+
+
+def label(batch: int, wd: float) -> str:
+    return f"batch {batch}, wd {wd:g}"
+
+
+def weight_vector(model: Any) -> np.ndarray:
+    """All conv and linear weights (tensors of dim > 1) as one vector: what weight decay shrinks
+    and what filter normalization rescales to."""
+    return np.concatenate([p.detach().cpu().numpy().ravel() for p in model.parameters() if p.dim() > 1])
+
+
+def sharpness(surface: Any, value: str = "train_loss") -> dict[str, float]:
+    """From a 1-D slice centred on a minimizer: the mean rise of the loss at alpha = +-0.5 and
+    +-1, and the curvature of a quadratic fitted over |alpha| <= 0.25 (or the 3 central points)."""
+    x, z = surface.x, np.asarray(surface.values[value], dtype=np.float64)
+    center = float(surface.attrs[f"{value}_center"])
+
+    def rise(a: float) -> float:
+        return float(np.mean([np.interp(s * a, x, z) for s in (-1, 1)]) - center)
+
+    near = np.abs(x) <= max(0.25, np.sort(np.abs(x))[min(2, len(x) - 1)] + 1e-12)
+    curvature = float(2 * np.polyfit(x[near], z[near], 2)[0]) if near.sum() >= 3 else float("nan")
+    return {"center_loss": center, "rise_0.5": rise(0.5), "rise_1": rise(1.0), "curvature": curvature}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
+    s = MODES[args.mode]
+    template = replace(training_recipe(args, **s.training), model=s.model)
+    records: dict[tuple[float, int], dict[str, Any]] = {}
+    interpolations: dict[float, Any] = {}
+    slices: dict[tuple[float, int], Any] = {}
+    try:
+        with Timer() as timer:
+            for wd in s.weight_decays:
+                for batch in (s.small, s.large):
+                    rec = trained_record(replace(template, batch_size=batch, weight_decay=wd), args.runs,
+                                         label=label(batch, wd), batch_size=batch, weight_decay=wd)
+                    res = scan_run(args, run_path(rec), args.out / "surfaces" / f"random_bs{batch}_wd{wd:g}.h5",
+                                   x=s.random_axis, samples=s.samples, split="both")
+                    slices[wd, batch] = res.surface
+                    w = weight_vector(load_trained(run_path(rec)))
+                    rec.update(weight_norm=float(np.linalg.norm(w)), weight_abs_mean=float(np.abs(w).mean()),
+                               steps=template.epochs * -(-template.samples // batch) if template.samples else None,
+                               paper_test_error=PAPER_TEST_ERROR[paper_setting(wd, batch == s.small)],
+                               **sharpness(res.surface))
+                    rec["weights"] = w
+                    del rec["history"][:-1]
+                    records[wd, batch] = rec
+                # 0 = the small-batch solution, 1 = the large-batch one; BN statistics move too.
+                res = scan_run(args, run_path(records[wd, s.small]),
+                               args.out / "surfaces" / f"interpolation_wd{wd:g}.h5", x=s.interp_axis,
+                               samples=s.samples, split="both",
+                               model2=str(run_path(records[wd, s.large]) / "final.pt"))
+                interpolations[wd] = res.surface
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    figures = plot(records, slices, interpolations, s, args.out)
+    rows = [{k: v for k, v in r.items() if k != "weights"} for r in records.values()]
+    result = {"study": NAME, "mode": args.mode, "dataset": template.dataset, "model": s.model,
+              "training": {k: getattr(template, k) for k in ("samples", "test_samples", "epochs", "lr", "momentum")},
+              "samples_per_point": s.samples, "seed": args.seed,
+              "seconds": timer.seconds, "threads": torch.get_num_threads(), "runs": rows,
+              "interpolation": {f"{wd:g}": {k: interpolations[wd].values[k].tolist() for k in interpolations[wd].values}
+                                | {"alpha": interpolations[wd].x.tolist()} for wd in interpolations},
+              "paper_test_error": {label(b, wd): e for (wd, b), e in PAPER_TEST_ERROR.items()}}
+    write_json(args.out / "results.json", result)
+    table = [{"run": r["label"], "train loss": r["history"][-1]["train_loss"],
+              "test error % (ours)": r["final_test_error"],
+              "test error % (Li et al. VGG-9, approx.)": r["paper_test_error"], "weight norm": r["weight_norm"],
+              "rise at ±0.5": r["rise_0.5"], "rise at ±1": r["rise_1"], "curvature at 0": r["curvature"]}
+             for r in rows]
+    write_readme(args, "Small vs large batch, with and without weight decay (Li et al. 2018, Fig. 2-3)",
+                 "Linear interpolation between a small-batch (128) and a large-batch (8192) minimizer is misleading: "
+                 "without weight decay the large-batch minimum looks sharper, with weight decay the small-batch one "
+                 "does, because weight decay shrinks the small-batch weights (more updates) and a fixed step is "
+                 "relatively larger for smaller weights. Filter-normalized 1-D slices remove the scale effect: the "
+                 "large-batch minimizers are sharper in both cases and generalize worse.",
+                 {"Solutions": table}, figures, describe(records, interpolations, s), notes(args, s, template, rows),
+                 timer.seconds)
+    return result
+
+
+def plot(records: dict, slices: dict, interpolations: dict, s: Settings, out: Path) -> list[str]:
+    """Interpolations (landscapes.plot's 1-D curves), the filter-normalized slices of both batch
+    sizes overlaid per weight decay (paper Fig. 3 top), and weight histograms (Fig. 2 bottom)."""
+    from landscapes.plot import PlotConfig, plot_1d
+
+    figures = []
+    for wd, surface in interpolations.items():
+        fig = plot_1d(surface, PlotConfig(title=f"Interpolation: batch {s.small} (α=0) → batch {s.large} (α=1), "
+                                                f"weight decay {wd:g}", dpi=120))
+        name = f"interpolation_wd{wd:g}.png"
+        fig.savefig(out / name, dpi=120)
+        figures.append(name)
+    # Several slices on one axes: plot_1d draws one surface, so this overlay is drawn here.
+    fig, axes = new_figure(len(s.weight_decays), 1, size=(5.2, 3.9))
+    for ax, wd in zip(axes[0], s.weight_decays):
+        acc_ax = ax.twinx()
+        for batch, color in ((s.small, "tab:blue"), (s.large, "tab:red")):
+            surf, r = slices[wd, batch], records[wd, batch]
+            ax.plot(surf.x, surf.values["train_loss"], "-", color=color, lw=1.8,
+                    label=f"batch {batch}: train loss (test err {r['final_test_error']:.1f}%)")
+            acc_ax.plot(surf.x, surf.values["test_acc"], ":", color=color, lw=1.3, label=f"batch {batch}: test acc")
+        ax.set(xlabel="α (filter-normalized random direction)", ylabel="train loss",
+               title=f"weight decay {wd:g}")
+        acc_ax.set_ylabel("test accuracy (%)")
+        acc_ax.set_ylim(0, 102)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        lines = ax.get_lines() + acc_ax.get_lines()
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="upper center")
+    figures.append(save_figure(fig, out, "filter_normalized_1d"))
+    fig, axes = new_figure(len(s.weight_decays), 1, size=(5.0, 3.4))
+    for ax, wd in zip(axes[0], s.weight_decays):
+        for batch, color in ((s.small, "tab:blue"), (s.large, "tab:red")):
+            w = records[wd, batch]["weights"]
+            ax.hist(w, bins=120, range=(-0.6, 0.6), histtype="step", color=color, lw=1.4, density=True,
+                    label=f"batch {batch} (‖w‖ = {np.linalg.norm(w):.1f})")
+        ax.set(xlabel="weight value (conv and linear)", ylabel="density", title=f"weight decay {wd:g}", yscale="log")
+        ax.legend(fontsize=7)
+    figures.append(save_figure(fig, out, "weight_histograms"))
+    return figures
+
+
+def describe(records: dict, interpolations: dict, s: Settings) -> str:
+    lines = []
+    for wd in s.weight_decays:
+        sb, lb = records[wd, s.small], records[wd, s.large]
+        interp = interpolations[wd]
+        z, x = interp.values["train_loss"], interp.x
+        # Sharpness seen by the interpolation: the loss rise a quarter of the way out of each end.
+        out_sb = float(np.interp(-0.25, x, z) - np.interp(0.0, x, z))
+        out_lb = float(np.interp(1.25, x, z) - np.interp(1.0, x, z))
+        lines.append(
+            f"- Weight decay {wd:g}: test error {sb['final_test_error']:.2f}% (batch {s.small}) vs "
+            f"{lb['final_test_error']:.2f}% (batch {s.large}); weight norms {sb['weight_norm']:.1f} vs "
+            f"{lb['weight_norm']:.1f}. Interpolation: the loss rises by {out_sb:.3g} going 0.25 beyond the small-batch "
+            f"end and by {out_lb:.3g} beyond the large-batch end, so the "
+            f"{'large' if out_lb > out_sb else 'small'}-batch "
+            f"solution looks sharper there. Filter-normalized slice: rise at ±0.5 is {sb['rise_0.5']:.3g} vs "
+            f"{lb['rise_0.5']:.3g}, curvature {sb['curvature']:.3g} vs {lb['curvature']:.3g} "
+            + ("(large batch sharper, as in the paper)." if lb["rise_0.5"] > sb["rise_0.5"]
+               else "(**small batch sharper, unlike the paper**)."))
+    return "\n".join(lines)
+
+
+def notes(args: Any, s: Settings, template: Any, rows: list[dict[str, Any]]) -> str:
+    parts = [f"Every run uses one recipe except batch size and weight decay ({s.model}, {template.dataset}, "
+             f"{template.samples or 'all'} training images, {template.epochs} epochs, SGD lr {template.lr} with "
+             f"momentum {template.momentum}, lr /10 at {', '.join(f'{m:.0%}' for m in template.milestones)} of the "
+             f"iterations), so the large batch takes {s.large // s.small}x fewer steps, as in the paper. Slices: "
+             f"`landscapes.scan`, one filter-normalized random direction (biases/BN ignored, seed {args.seed}), "
+             f"{s.random_axis}; interpolation: `landscapes.scan --model2` with 'states' directions (BN running "
+             f"statistics interpolated too, so α = 1 is exactly the large-batch model), {s.interp_axis}. Losses over "
+             f"the first {s.samples or 'all'} images of each split. Raw curves in `surfaces/*.h5` and `results.json`."]
+    if args.mode == "quick":
+        small = max(r["history"][-1]["train_loss"] for r in rows if r["batch_size"] == s.small)
+        large = min(r["history"][-1]["train_loss"] for r in rows if r["batch_size"] == s.large)
+        parts.append(f"**Scaled down for 2 CPU cores**: {s.model} on {template.samples} MNIST training images for "
+                     f"{template.epochs} epochs instead of VGG-9 on CIFAR-10 for 300 epochs, batch {s.small} vs "
+                     f"{s.large} instead of 128 vs 8192 (small batches are slow on a CPU), weight decay "
+                     f"{max(s.weight_decays):g} instead of 5e-4 (in {rows[0]['steps']} small-batch steps instead of "
+                     f"the paper's ~117,000, 5e-4 would barely act). The large-batch runs end at a training loss of "
+                     f"at least {large:.3g} against at most {small:.3g} for the small batch"
+                     + (": they are not at a minimum yet, so part of any sharpness difference is distance from one. "
+                        if large > 2 * small + 0.05 else ". ")
+                     + "The test errors are MNIST numbers, the paper's CIFAR-10: compare the direction of the gaps.")
+    parts.append("Full mode (`python studies/batch_size_flatness.py`) trains VGG-9 on CIFAR-10 for 300 epochs with "
+                 "batch 128 and 8192, weight decay 0 and 5e-4, and scans the paper's grids (51 points, 401 for the "
+                 "interpolation) over all 50,000 images. It needs a GPU and was not run here. The paper's test "
+                 "errors in the table are transcribed from memory of its Fig. 3 titles, not checked against the text.")
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Chen et al. 2018 (Neural ODEs), Table 1 and Fig. 3: ResNet vs RK-Net vs ODE-Net on MNIST (test
+error, parameters, memory), function evaluations (NFE) as training proceeds, and one trained ODE-Net
+re-solved with Euler steps K and dopri5 tolerances (accuracy against cost).
+
+    python studies/odenet_mnist.py [--quick | --smoke]
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from studies.common import REPO, Timer, fail, parse_args, write_json, write_readme
+
+NAME = "odenet_mnist"
+
+# odenets.compare's settings per mode. Quick is exactly the comparison its engineer runs into
+# results/odenet_mnist (python -m odenets.compare --samples 4000 --epochs 2 --test-samples 2000
+# --sweep-samples 1000 --memory-steps 1,2,4,8,16,32,64): an existing compare.json made with these
+# settings is reused as it is, so this study and that command produce one folder, never two.
+MODES: dict[str, dict[str, Any]] = {
+    # Chen et al.: all 60k MNIST images, 160 epochs (their code: SGD lr 0.1, batch 128), full test set.
+    "full": dict(epochs=160, samples=None, test_samples=None, sweep_samples=None),
+    "quick": dict(epochs=2, samples=4000, test_samples=2000, sweep_samples=1000,
+                  memory_steps=(1, 2, 4, 8, 16, 32, 64)),
+    "smoke": dict(models=("resnet_mnist[width=4]", "rknet_mnist[width=4]", "odenet_mnist[width=4,rtol=0.1,atol=0.1]"),
+                  dataset="synthetic", data_kwargs={"channels": 1, "image_size": 12, "size": 48}, epochs=2,
+                  samples=32, test_samples=24, batch_size=16, sweep_samples=16, euler_steps=(1, 2, 4),
+                  tolerances=(0.1, 0.01), memory_steps=(1, 2), memory_batch=4, probe_batch=8, eval_batch=8),
+}
+# Fields that say where things go or how loudly, not what is computed ("device" is compared as
+# resolved: "auto" on a CPU-only machine is "cpu").
+_NOT_IDENTITY = ("data_root", "runs", "out", "progress", "force", "device")
+
+# Chen et al. 2018, Table 1 (odenets.compare.PAPER holds the same numbers for its tables).
+PAPER_NOTE = ("Chen et al. Table 1 (MNIST): 1-layer MLP 1.60% / 0.24M; ResNet 0.41% / 0.60M, memory O(L); "
+              "RK-Net 0.47% / 0.22M, memory O(L~); ODE-Net 0.42% / 0.22M, memory O(1). Fig. 3: NFE-B is about "
+              "half of NFE-F, NFE grows as training proceeds, and lower tolerances cost more evaluations and "
+              "give (slightly) lower error.")
+
+
+def same_settings(doc: dict[str, Any], config: Any) -> bool:
+    """Whether a compare.json document was computed with ``config`` on this kind of device (paths
+    and verbosity aside)."""
+    from odenets.compare import _resolve_device
+
+    mine = json.loads(json.dumps(asdict(config)))
+    saved = doc.get("config", {})
+    return doc.get("device") == str(_resolve_device(config.device)) and all(
+        saved.get(k) == v for k, v in mine.items() if k not in _NOT_IDENTITY)
+
+
+def settings_diff(doc: dict[str, Any], config: Any) -> str:
+    mine = json.loads(json.dumps(asdict(config)))
+    saved = doc.get("config", {})
+    return ", ".join(f"{k}: {saved.get(k)!r} there vs {v!r} here" for k, v in mine.items()
+                     if k not in _NOT_IDENTITY and saved.get(k) != v) or "device"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from odenets.compare import PAPER, CompareConfig, compare
+    from odenets.plots import plot_compare
+
+    args = parse_args(NAME, __doc__.split("\n\n")[0], argv, add_arguments=lambda p: p.add_argument(
+        "--recompute", action="store_true", help="replace a compare.json in --out made with other settings"))
+    # The default run cache is odenets.compare's own folder, so its CLI runs and this study share checkpoints.
+    runs = REPO / "runs" / "odenets_compare" if args.runs == REPO / "runs" / "studies" else args.runs / "odenets"
+    try:
+        config = CompareConfig(data_root=args.data_root, seed=args.seed, device=args.device, runs=str(runs),
+                               out=str(args.out), progress=args.mode != "smoke", **MODES[args.mode])
+        saved_path = args.out / "compare.json"
+        with Timer() as timer:
+            saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+            reused = saved is not None and same_settings(saved, config)
+            if saved is not None and not reused and not args.extra["recompute"]:
+                raise ValueError(f"{saved_path} was made by odenets.compare with other settings than this study's "
+                                 f"{args.mode} mode ({settings_diff(saved, config)}); it is left untouched. Pass "
+                                 f"--recompute to replace it, or --out DIR to write elsewhere")
+            doc = saved if reused else compare(config)
+            expected = [args.out / n for n in ("accuracy_vs_nfe.png", "nfe_vs_epoch.png", "memory_vs_depth.png")]
+            if not reused or not all(p.is_file() for p in expected):
+                plot_compare(saved_path)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    rows, sweep = doc["rows"], doc["sweep"]
+    result = {"study": NAME, "mode": args.mode, "reused_compare_json": reused, "seconds": timer.seconds,
+              "compare_seconds": doc["seconds"], "config": doc["config"], "device": doc["device"],
+              "rows": rows, "nfe_vs_epoch": doc["nfe_vs_epoch"], "sweep": sweep,
+              "memory_vs_depth": doc["memory_vs_depth"], "paper": PAPER}
+    write_json(args.out / "results.json", result)
+    c = doc["config"]
+    table = [{"model": r["model"], "params": r["params"], "params (paper)": _m(r["params_paper_m"]),
+              "test error % (ours)": r["test_error"], "test error % (paper)": r["test_error_paper"],
+              "NFE-F train": r["nfe_forward_train"], "NFE-B train": r["nfe_backward_train"],
+              "peak MiB (one step)": r["peak_memory_mib"], "memory (paper)": r["memory_paper"],
+              "train s/epoch": r["train_s_per_epoch"]} for r in rows]
+    sweep_rows = [{"solver": p["solver"], "NFE per batch": p["nfe_per_batch"], "test error %": p["error"]}
+                  for p in (sweep.get("euler", []) + sweep.get("dopri5", []))]
+    tables = {"Table 1: ResNet vs RK-Net vs ODE-Net": table}
+    if sweep_rows:
+        tables[f"One trained field, many solvers ({sweep['model']}, {sweep['images']} test images)"] = sweep_rows
+    write_readme(args, "Continuous vs discrete depth on MNIST (Chen et al. 2018, Table 1 and Fig. 3)",
+                 "An ODE-Net reaches the error of a ResNet with a third of the parameters and O(1) memory in "
+                 "depth (adjoint backward pass); its cost is set by the solver (NFE), which grows during training, "
+                 "and is traded against accuracy by the tolerance; the backward pass needs about half the "
+                 "forward evaluations.", tables,
+                 [p.name for p in (args.out / "accuracy_vs_nfe.png", args.out / "nfe_vs_epoch.png",
+                                   args.out / "memory_vs_depth.png") if p.is_file()],
+                 describe(doc), notes(args, c, reused), doc["seconds"] if reused else timer.seconds)
+    return result
+
+
+def _m(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}M"
+
+
+def describe(doc: dict[str, Any]) -> str:
+    rows = {r["model"].split("[")[0]: r for r in doc["rows"]}
+    lines = []
+    if {"resnet_mnist", "odenet_mnist"} <= rows.keys():
+        res, ode = rows["resnet_mnist"], rows["odenet_mnist"]
+        lines.append(f"- Parameters: ODE-Net {ode['params'] / 1e6:.3f}M vs ResNet {res['params'] / 1e6:.3f}M "
+                     f"({ode['params'] / res['params']:.2f}x; paper 0.22M vs 0.60M). Test error "
+                     f"{ode['test_error']:.2f}% "
+                     f"vs {res['test_error']:.2f}% (paper 0.42% vs 0.41%).")
+    for model, pts in doc["nfe_vs_epoch"].items():
+        f = [p["nfe_forward"] for p in pts]
+        b = [p["nfe_backward"] for p in pts]
+        trend = "grows" if f[-1] > f[0] else "does not grow"
+        line = (f"- {model}: NFE-F per training batch {' -> '.join(str(v) for v in f)} over epochs "
+                f"0..{pts[-1]['epoch']} ({trend})")
+        if any(b):
+            line += f"; NFE-B {' -> '.join(str(v) for v in b)} (NFE-B/NFE-F = {b[-1] / max(f[-1], 1):.2f}; paper ~0.5)"
+        lines.append(line + ".")
+    sw = doc["sweep"]
+    if sw:
+        eu, dp = sw["euler"], sw["dopri5"]
+        lines.append(f"- Re-solving {sw['model']}: Euler K={eu[0]['steps']} gives {eu[0]['error']:.2f}% error, "
+                     f"K={eu[-1]['steps']} {eu[-1]['error']:.2f}%; dopri5 at tolerance {dp[0]['rtol']:g} uses "
+                     f"{dp[0]['nfe_per_batch']:.0f} NFE for {dp[0]['error']:.2f}%, at {dp[-1]['rtol']:g} "
+                     f"{dp[-1]['nfe_per_batch']:.0f} NFE for {dp[-1]['error']:.2f}%.")
+    worst = max(r["test_error"] for r in doc["rows"])
+    if worst > 10:
+        lines.append(f"- These nets are far from trained (test error up to {worst:.1f}% after {doc['config']['epochs']} "
+                     f"epoch(s)): the error comparison of Table 1 and the accuracy side of the solver trade-off "
+                     f"cannot show at this length of training; parameters, NFE and memory do not depend on it.")
+    md = doc["memory_vs_depth"]["rows"]
+    if md:
+        adj = sorted((r for r in md if r["adjoint"]), key=lambda r: r["steps"])
+        bp = sorted((r for r in md if not r["adjoint"]), key=lambda r: r["steps"])
+        if adj and bp:
+            lines.append(f"- Memory of one training step from K={bp[0]['steps']} to K={bp[-1]['steps']} Euler steps: "
+                         f"{bp[0]['peak_bytes'] / 2**20:.1f} -> {bp[-1]['peak_bytes'] / 2**20:.1f} MiB backpropagating "
+                         f"through the solver, {adj[0]['peak_bytes'] / 2**20:.1f} -> "
+                         f"{adj[-1]['peak_bytes'] / 2**20:.1f} "
+                         f"MiB with the adjoint (paper: O(L) vs O(1)).")
+    return "\n".join(lines)
+
+
+def notes(args: Any, c: dict[str, Any], reused: bool) -> str:
+    parts = [f"Computed by `odenets.compare` (library call), which writes `compare.json` / `compare.md` and the "
+             f"figures (`odenets.plots`) in this folder; this study adds `README.md` and `results.json`. Settings: "
+             f"{c['dataset']}, {c['samples'] or 'all'} training / {c['test_samples'] or 'all'} test images, "
+             f"{c['epochs']} epoch(s), batch {c['batch_size']}, SGD lr {c['lr']}, seed {c['seed']}; checkpoints in "
+             f"`{Path(c['runs']).name}/`." + (" The `compare.json` found here was made with exactly these settings "
+                                             "and was reused, not recomputed (the time above is its computation's)."
+                                             if reused else ""),
+             PAPER_NOTE]
+    if args.mode == "quick":
+        parts.append("**Scaled down for 2 CPU cores**: 2 epochs on 4,000 MNIST images instead of ~160 epochs on "
+                     "60,000, so our errors are a few percent, not the paper's 0.4%: compare parameters, memory and "
+                     "the NFE trends, not the errors. Memory is measured on the CPU (see compare.md), the paper's is "
+                     "asymptotic.")
+    parts.append("Full mode (`python studies/odenet_mnist.py`) trains on all of MNIST for 160 epochs and sweeps "
+                  "the solvers on the full test set; it needs a GPU and was not run here.")
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    main()

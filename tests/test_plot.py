@@ -1,0 +1,206 @@
+"""Plots read surface files the right way round (non-square grids in the reference layout), survive
+NaN/inf everywhere (every kind, HTML, VTP), and use the paper's contour levels."""
+from __future__ import annotations
+
+import re
+
+import h5py
+import matplotlib.axes
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from landscapes.plot import (PlotConfig, available_values, default_value, levels_for, main, plot_2d,
+                             plot_surface_file, surface_grid, value_array, write_vtp)
+from landscapes.surface import read_surface, write_surface
+from landscapes.trajectory import Projection, write_projection
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def reference_file(path, x, y, f):
+    """A surface as tomgoldstein/loss-landscape writes it: datasets declared (nx, ny) but filled in
+    np.meshgrid(x, y) ravel order; -1 marks points never computed."""
+    X, Y = np.meshgrid(x, y)
+    flat = f(X, Y).ravel()
+    flat[3] = -1  # an unfilled point
+    with h5py.File(path, "w") as h:
+        h["xcoordinates"] = x
+        h["ycoordinates"] = y
+        h["train_loss"] = flat.reshape(len(x), len(y))
+        h["train_acc"] = (100 - flat).reshape(len(x), len(y))
+        h["dir_file"] = "dirs.h5"
+    return path
+
+
+def test_reference_layout_non_square_grid_orientation(tmp_path, monkeypatch):
+    x = np.linspace(-1, 1, 5)
+    y = np.array([-0.5, 0.0, 0.5])  # nx=5 != ny=3: a transposition would show
+    path = reference_file(tmp_path / "ref.h5", x, y, lambda X, Y: 2 + X + 10 * Y)
+    s = read_surface(path)
+    X, Y, Z = surface_grid(s, "train_loss")
+    assert X.shape == Y.shape == Z.shape == (3, 5)
+    for iy in range(3):
+        for ix in range(5):
+            assert X[iy, ix] == x[ix] and Y[iy, ix] == y[iy]
+            if (iy, ix) != (0, 3):
+                assert Z[iy, ix] == pytest.approx(2 + x[ix] + 10 * y[iy])
+    assert np.isnan(Z[0, 3])  # the reference's -1 became a gap
+
+    seen = {}
+    original = matplotlib.axes.Axes.contour
+
+    def spy(self, *args, **kwargs):
+        seen.setdefault("args", args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "contour", spy)
+    plot_2d(s, "contour", PlotConfig(vmin=0, vmax=10, vlevel=1))
+    cx, cy, cz = seen["args"][:3]
+    np.testing.assert_array_equal(cx, X)
+    np.testing.assert_array_equal(cy, Y)
+    np.testing.assert_array_equal(np.ma.filled(cz, np.nan), Z)
+
+
+def nasty_surface(path, ndim=2):
+    """Finite values with NaN holes, +inf (diverged), -inf, and a value that is NaN everywhere."""
+    x = np.linspace(-1, 1, 9)
+    y = np.linspace(-1, 0.5, 7)
+    X, Y = np.meshgrid(x, y)
+    loss = 0.05 + X ** 2 + 2 * Y ** 2
+    loss[2, 3] = np.nan
+    loss[4, 6] = np.inf
+    loss[5, 1] = -np.inf
+    acc = 100 * np.exp(-loss)
+    values = {"train_loss": loss, "train_acc": acc, "test_loss": np.full_like(loss, np.nan), "test_acc": acc}
+    if ndim == 1:
+        values = {k: v[3] for k, v in values.items()}
+        y = None
+    return write_surface(path, x, y, values, attrs={"model": "resnet8", "dataset": "synthetic", "split": "train"})
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
+
+
+def assert_html(path):
+    text = path.read_text()
+    head = text.lstrip().lower()[:100]
+    assert head.startswith(("<!doctype html", "<html")) and text.rstrip().endswith("</html>")
+    assert len(text) > 1_000_000  # plotly.js embedded: opens offline
+    assert not re.search(r"<script[^>]+src=[\"']https?:", text)  # no CDN
+    assert "Plotly.newPlot" in text
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_every_kind_survives_nan_and_inf(tmp_path, log):
+    path = nasty_surface(tmp_path / "s.h5")
+    for values in [None, ("train_loss", "test_loss"), ("test_loss",), ("train_err",)]:
+        out = plot_surface_file(path, PlotConfig(values=values, log=log), kinds=["all"], html=True, vtp=True,
+                                out=tmp_path / f"out_{log}_{values}")
+        kinds = sorted(p.suffix for p in out)
+        assert kinds == [".html", ".png", ".png", ".png", ".png", ".vtp"]
+        for p in out:
+            assert p.is_file()
+            if p.suffix == ".png":
+                assert_png(p)
+            elif p.suffix == ".html":
+                assert_html(p)
+
+
+def test_one_dimensional_survives_nan_and_inf(tmp_path):
+    path = nasty_surface(tmp_path / "s1.h5", ndim=1)
+    for log in (False, True):
+        out = plot_surface_file(path, PlotConfig(log=log), html=True)
+        assert [p.suffix for p in out] == [".png", ".html"]
+        assert_png(out[0])
+        assert_html(out[1])
+        assert "null" in out[1].read_text()  # NaN went into the page as gaps
+
+
+def test_paper_default_levels_and_norm():
+    data = np.array([0.01, 3.0, 50.0])
+    levels, norm = levels_for("train_loss", data, PlotConfig())
+    np.testing.assert_allclose(levels, np.arange(0.1, 10, 0.5))
+    assert (norm.vmin, norm.vmax) == (0.1, 10)
+    levels, _ = levels_for("train_loss", data, PlotConfig(vmin=1, vmax=2, vlevel=0.25))
+    np.testing.assert_allclose(levels, [1, 1.25, 1.5, 1.75, 2])
+    levels, norm = levels_for("train_loss", data, PlotConfig(log=True))  # log: the data's decades
+    assert levels[0] == pytest.approx(0.01) and levels[-1] == pytest.approx(50)
+    np.testing.assert_allclose(np.diff(np.log(levels)), np.log(5000) / 20)
+    levels, norm = levels_for("train_loss", data, PlotConfig(log=True, vmin=0.1, vmax=10))
+    assert (norm.vmin, norm.vmax) == (0.1, 10) and levels[0] == pytest.approx(0.1)
+    levels, norm = levels_for("train_acc", np.array([20.0, np.nan, 90.0]), PlotConfig())
+    assert norm.vmin == 20 and norm.vmax == 90  # non-loss values: the data's finite range
+
+
+def test_hessian_map_defaults_to_eigenvalue_ratio(tmp_path):
+    x, y = np.linspace(-1, 1, 4), np.linspace(-1, 1, 3)
+    mx = np.full((3, 4), 8.0)
+    mn = -np.arange(12.0).reshape(3, 4) / 10
+    mn[1, 1] = np.nan
+    path = write_surface(tmp_path / "h.h5", x, y, {"max_eig": mx, "min_eig": mn}, attrs={"model": "resnet20"})
+    s = read_surface(path)
+    assert default_value(s) == "eig_ratio" and "eig_ratio" in available_values(s)
+    np.testing.assert_allclose(value_array(s, "eig_ratio"), np.abs(mn / mx))
+    out = plot_surface_file(path, kinds=["heat", "contourf"], html=False)
+    assert [p.name for p in out] == ["h_eig_ratio_heat.png", "h_eig_ratio_contourf.png"]
+    for p in out:
+        assert_png(p)
+
+
+def test_trajectory_overlay_and_pc_labels(tmp_path):
+    x, y = np.linspace(-2, 6, 17), np.linspace(-3, 3, 13)
+    X, Y = np.meshgrid(x, y)
+    surf = write_surface(tmp_path / "pca.h5", x, y, {"train_loss": 0.1 + 0.2 * X ** 2 + Y ** 2})
+    proj = Projection(np.array([5.0, 3.0, 1.0, 0.0]), np.array([2.0, -1.0, 0.5, 0.0]), ["a", "b", "c", "d"],
+                      np.arange(1, 5), np.zeros(4), np.ones(4))
+    traj = write_projection(tmp_path / "traj.h5", proj, {"explained_variance_ratio": np.array([0.8, 0.15])})
+    fig = plot_2d(read_surface(surf), "contour", PlotConfig(trajectory=str(traj)),
+                  trajectory=__import__("landscapes.trajectory", fromlist=["x"]).read_projection(traj))
+    ax = fig.axes[0]
+    path_line = [ln for ln in ax.get_lines() if ln.get_label() == "training path"]
+    assert len(path_line) == 1
+    np.testing.assert_array_equal(path_line[0].get_xdata(), proj.x)
+    np.testing.assert_array_equal(path_line[0].get_ydata(), proj.y)
+    assert ax.get_xlabel().startswith("1st PC: 80.0") and ax.get_ylabel().startswith("2nd PC: 15.0")
+    alone = plot_surface_file(traj, out=tmp_path / "path.png")  # a trajectory file: the path alone
+    assert alone == [tmp_path / "path.png"]
+    assert_png(alone[0])
+    out = plot_surface_file(surf, PlotConfig(trajectory=str(traj)), kinds=["contourf"], html=True)
+    assert out[0].name == "pca_train_loss_contourf_path.png"
+    assert_png(out[0])
+    assert_html(out[1])
+
+
+def test_vtp_has_one_quad_per_finite_cell(tmp_path):
+    s = read_surface(nasty_surface(tmp_path / "s.h5"))
+    path = write_vtp(s, tmp_path / "s.vtp")
+    text = path.read_text()
+    Z = value_array(s, "train_loss")
+    ok = np.isfinite(Z)
+    cells = int((ok[:-1, :-1] & ok[1:, :-1] & ok[:-1, 1:] & ok[1:, 1:]).sum())
+    assert f'NumberOfPolys="{cells}"' in text and f'NumberOfPoints="{Z.size}"' in text
+    assert "nan" not in text.lower() and "inf" not in text.lower()
+
+
+def test_cli_outputs_and_errors(tmp_path, capsys):
+    path = nasty_surface(tmp_path / "s.h5")
+    main([str(path), "--kind", "heat", "--out", str(tmp_path / "one.png"), "--value", "train_acc"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "one.png")
+    assert_png(tmp_path / "one.png")
+    main([str(path), "--list"])
+    assert "train_err" in capsys.readouterr().out
+    for bad, msg in [(["--kind", "1d"], "2-D surface"), (["--value", "nope"], "no value 'nope'"),
+                     (["--vmin", "2", "--vmax", "1"], "vmin must be below vmax"),
+                     (["--all", "--out", str(tmp_path / "x.png")], "names one file")]:
+        with pytest.raises(SystemExit) as exc:
+            main([str(path), *bad])
+        assert exc.value.code == 2
+        assert msg in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.h5")])
+    assert "does not exist" in capsys.readouterr().err

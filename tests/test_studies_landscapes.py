@@ -1,0 +1,235 @@
+"""Studies 5-9 (ResNet vs noshort landscapes, batch size and flatness, PCA trajectories, Hessian
+ratio maps, ODE-Net on MNIST): their --smoke runs end to end on tiny synthetic data, and the numbers
+they write agree with the models they describe."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from landscapes.hessian import HessianConfig, hessian_eigs
+from landscapes.surface import Surface, read_surface
+from models.data import load_device_data
+from models.train import evaluate
+from studies import batch_size_flatness, hessian_ratio, odenet_mnist, resnet_vs_noshort_landscape, trajectory
+from studies.common import load_trained, merge_surfaces, run_path
+
+SMOKE_DATA = {"image_size": 8, "size": 96}  # studies.common.TRAINING_MODES["smoke"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: a second thread only adds contention on the shared 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One run cache for the module: the studies share trained nets and direction files as for real."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def rvn(tmp_path_factory, runs):
+    """resnet_vs_noshort_landscape's smoke run, shared by the tests that read it."""
+    return smoke(resnet_vs_noshort_landscape, tmp_path_factory.mktemp("rvn"), runs)
+
+
+def smoke(study, tmp_path, runs):
+    out = tmp_path / study.NAME
+    result = study.main(["--smoke", "--out", str(out), "--runs", str(runs)])
+    assert json.loads((out / "results.json").read_text())["study"] == study.NAME
+    readme = (out / "README.md").read_text()
+    assert "--smoke" in readme
+    for line in readme.splitlines():
+        if line.startswith("!["):
+            assert (out / line[line.index("(") + 1:-1]).stat().st_size > 10_000  # a real PNG
+    return out, result
+
+
+def train_images(samples):
+    return load_device_data("synthetic", "", "train", samples, **SMOKE_DATA)
+
+
+def surface_surface(x, y, z, center):
+    return Surface(np.asarray(x, float), np.asarray(y, float), {"train_loss": np.asarray(z, float)},
+                   {"train_loss_center": center}, "")
+
+
+# ---- resnet_vs_noshort_landscape -----------------------------------------------------------
+
+def test_slice_stats_on_known_surfaces():
+    x = y = np.linspace(-1, 1, 11)
+    X, Y = np.meshgrid(x, y)
+    bowl = resnet_vs_noshort_landscape.slice_stats(surface_surface(x, y, X ** 2 + Y ** 2, 0.05))
+    assert bowl["convex_fraction"] == 1.0 and bowl["local_minima"] == 1 and bowl["min_loss"] == 0.0
+    # x^2 + y^2 <= 1.05 on the 0.2-spaced grid: 6 + 14 + 18 + 18 + 22 + 11 points (by |x| = 1 .. 0)
+    assert bowl["basin_fraction"] == pytest.approx(89 / 121)
+    saddle = resnet_vs_noshort_landscape.slice_stats(surface_surface(x, y, X ** 2 - Y ** 2, 0.0))
+    assert saddle["convex_fraction"] == 0.0 and saddle["local_minima"] == 0
+    # four wells at (+-0.6, +-0.6): non-convex between them
+    wells = (X ** 2 - 0.36) ** 2 + (Y ** 2 - 0.36) ** 2
+    stats = resnet_vs_noshort_landscape.slice_stats(surface_surface(x, y, wells, wells[5, 5]))
+    assert stats["local_minima"] == 4 and 0 < stats["convex_fraction"] < 1
+
+
+def test_resnet_vs_noshort_smoke(rvn):
+    out, result = rvn
+    assert [n["label"] for n in result["nets"]] == ["ResNet-8", "ResNet-8-noshort"]
+    assert (out / "resnet8_vs_noshort_3d.html").stat().st_size > 1_000_000  # plotly.js embedded
+    data = train_images(32)
+    planes = []
+    for net in result["nets"]:
+        s = read_surface(out / net["surface"])
+        assert s.complete and s.values["train_loss"].shape == (5, 5)
+        assert np.isfinite(s.values["train_loss"]).all() and (s.values["train_loss"] > 0).all()
+        assert ((0 <= s.values["train_acc"]) & (s.values["train_acc"] <= 100)).all()
+        # The grid's middle point is the trained model itself, on the first 32 training images.
+        loss, error = evaluate(load_trained(run_path(net)), data)
+        assert s.values["train_loss"][2, 2] == pytest.approx(loss, rel=1e-5)
+        assert s.attrs["train_loss_center"] == pytest.approx(loss, rel=1e-5)
+        assert s.values["train_acc"][2, 2] == pytest.approx(100 - error)
+        assert net["center_loss"] == pytest.approx(loss, rel=1e-5)
+        assert 0 <= net["convex_fraction"] <= 1 and 0 <= net["final_test_error"] <= 100
+        planes.append(s.attrs["directions_sha256"])
+    assert planes[0] != planes[1]  # each net's own filter-normalized directions
+
+
+def test_merge_surfaces_refuses_other_grids():
+    a = surface_surface([0, 1], [0, 1], np.ones((2, 2)), 1.0)
+    b = surface_surface([0, 2], [0, 1], np.ones((2, 2)), 1.0)
+    assert set(merge_surfaces({"a": a, "A": a}).values) == {"a train_loss", "A train_loss"}
+    with pytest.raises(ValueError, match="another grid"):
+        merge_surfaces({"a": a, "b": b})
+
+
+# ---- batch_size_flatness -------------------------------------------------------------------
+
+def test_sharpness_of_a_parabola():
+    x = np.linspace(-1, 1, 21)
+    s = Surface(x, None, {"train_loss": 0.5 + 3 * x ** 2}, {"train_loss_center": 0.5}, "")
+    got = batch_size_flatness.sharpness(s)
+    assert got["curvature"] == pytest.approx(6.0)
+    assert got["rise_0.5"] == pytest.approx(0.75) and got["rise_1"] == pytest.approx(3.0)
+
+
+def test_batch_size_flatness_smoke(tmp_path, runs):
+    out, result = smoke(batch_size_flatness, tmp_path, runs)
+    by = {(r["weight_decay"], r["batch_size"]): r for r in result["runs"]}
+    assert set(by) == {(0.0, 16), (0.0, 96), (5e-4, 16), (5e-4, 96)}
+    data = train_images(32)
+    for wd in (0.0, 5e-4):
+        s = read_surface(out / "surfaces" / f"interpolation_wd{wd:g}.h5")
+        assert list(s.x) == [-0.5, 0.0, 0.5, 1.0, 1.5]
+        # alpha = 0 is the small-batch net and alpha = 1 exactly the large-batch one (BN statistics too).
+        for index, batch in ((1, 16), (3, 96)):
+            loss, error = evaluate(load_trained(run_path(by[wd, batch])), data)
+            assert s.values["train_loss"][index] == pytest.approx(loss, rel=1e-5)
+            assert s.values["train_acc"][index] == pytest.approx(100 - error)
+        assert np.isfinite(s.values["test_loss"]).all()
+    for r in result["runs"]:
+        assert r["weight_norm"] > 0 and math.isfinite(r["curvature"]) and r["steps"] is None
+        s = read_surface(out / "surfaces" / f"random_bs{r['batch_size']}_wd{r['weight_decay']:g}.h5")
+        assert s.values["train_loss"][2] == pytest.approx(r["center_loss"], rel=1e-6)
+
+
+# ---- trajectory ----------------------------------------------------------------------------
+
+def test_trajectory_smoke(tmp_path, runs):
+    from landscapes.trajectory import read_projection
+
+    out, result = smoke(trajectory, tmp_path, runs)
+    assert [(r["batch_size"], r["weight_decay"]) for r in result["runs"]] == [(16, 0.0), (96, 0.0), (16, 5e-4),
+                                                                               (96, 5e-4)]
+    data = train_images(32)
+    for r in result["runs"]:
+        assert r["checkpoints"] == 3  # epoch_1..epoch_3
+        ev = r["explained_variance_ratio"]
+        assert all(0 <= v <= 1 for v in ev) and sum(ev) <= 1 + 1e-9 and ev[0] >= ev[1]
+        assert 0 <= r["path_in_plane"] <= 1 + 1e-9
+        proj = read_projection(out / r["path"])
+        # the last checkpoint is the final model: the path ends at the plane's origin
+        assert abs(proj.x[-1]) < 1e-6 and abs(proj.y[-1]) < 1e-6
+        s = read_surface(out / r["surface"])
+        lo, hi = (float(v) for v in r["grid"][0].split(":")[:2])
+        assert lo <= proj.x.min() and proj.x.max() <= hi  # the scanned plane covers the path
+        loss, _ = evaluate(load_trained(run_path(r)), data)
+        assert s.attrs["train_loss_center"] == pytest.approx(loss, rel=1e-5)
+        assert np.isfinite(s.values["train_loss"]).all()
+
+
+# ---- hessian_ratio -------------------------------------------------------------------------
+
+def test_hessian_ratio_smoke(tmp_path, runs, rvn):
+    out, result = smoke(hessian_ratio, tmp_path, runs)
+    data = train_images(8)
+    for net, scanned in zip(result["nets"], rvn[1]["nets"]):
+        s = read_surface(out / net["surface"])
+        mx, mn = s.values["max_eig"], s.values["min_eig"]
+        assert s.complete and np.isfinite(mx).all() and (mx > 0).all() and (mx >= mn).all()
+        ratio = np.abs(mn / mx)
+        assert (ratio >= 0).all() and net["ratio_center"] == pytest.approx(ratio[1, 1])
+        assert 0 <= net["convex_share"] <= 1
+        hvps = s.values["hessian_hvps"]
+        assert (hvps == np.round(hvps)).all() and (hvps >= 1).all()
+        # The map's middle point is the trained model: same extreme eigenvalues as computed directly.
+        cfg = hessian_ratio.MODES["smoke"]
+        direct = hessian_eigs(load_trained(run_path(net)), data,
+                              HessianConfig(max_iter=cfg.max_iter, tol=cfg.tol, batch_size=8, progress=False))
+        assert net["max_eig_center"] == pytest.approx(direct.max_eig, rel=1e-4)
+        assert net["min_eig_center"] == pytest.approx(direct.min_eig, rel=1e-3, abs=1e-4)
+        # ... and the map lies in the plane of resnet_vs_noshort_landscape's contours (same directions).
+        assert scanned["label"] == net["label"]
+        plane = read_surface(rvn[0] / scanned["surface"])
+        assert s.attrs["directions_sha256"] == plane.attrs["directions_sha256"]
+
+
+# ---- odenet_mnist --------------------------------------------------------------------------
+
+def test_odenet_mnist_smoke_and_reuse(tmp_path, runs):
+    out, result = smoke(odenet_mnist, tmp_path, runs)
+    assert not result["reused_compare_json"]
+    assert (out / "compare.json").is_file() and (out / "compare.md").is_file()
+    rows = {r["model"].split("[")[0]: r for r in result["rows"]}
+    assert set(rows) == {"resnet_mnist", "rknet_mnist", "odenet_mnist"}
+    assert rows["resnet_mnist"]["nfe_forward_train"] is None
+    for name in ("rknet_mnist", "odenet_mnist"):
+        for p in result["nfe_vs_epoch"][result["rows"][list(rows).index(name)]["model"]]:
+            assert isinstance(p["nfe_forward"], int) and p["nfe_forward"] > 0
+    assert rows["rknet_mnist"]["nfe_backward_train"] == 0  # backprop through the solver, no adjoint solve
+    assert rows["odenet_mnist"]["nfe_backward_train"] > 0
+    assert rows["rknet_mnist"]["params"] == rows["odenet_mnist"]["params"] < rows["resnet_mnist"]["params"]
+    euler = result["sweep"]["euler"]
+    assert [p["nfe_per_batch"] for p in euler] == [1, 2, 4]  # K Euler steps: K evaluations
+    assert all(0 <= p["error"] <= 100 for p in euler + result["sweep"]["dopri5"])
+    # A second run finds its compare.json made with the same settings and reuses it untouched.
+    before = (out / "compare.json").read_text()
+    again = odenet_mnist.main(["--smoke", "--out", str(out), "--runs", str(runs)])
+    assert again["reused_compare_json"] and again["rows"] == result["rows"]
+    assert (out / "compare.json").read_text() == before
+    # One made with other settings (e.g. a longer odenets.compare run) is never silently replaced.
+    doc = json.loads(before)
+    doc["config"]["epochs"] = 7
+    (out / "compare.json").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match="other settings.*epochs: 7 there vs 2 here"):
+        odenet_mnist.main(["--smoke", "--out", str(out), "--runs", str(runs)])
+    assert json.loads((out / "compare.json").read_text())["config"]["epochs"] == 7
+
+
+def test_odenet_settings_identity():
+    from dataclasses import asdict
+
+    from odenets.compare import CompareConfig
+
+    config = CompareConfig(data_root="a", runs="r1", out="o1", device="auto", **odenet_mnist.MODES["quick"])
+    doc = {"config": json.loads(json.dumps(asdict(config))), "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    moved = CompareConfig(data_root="b", runs="r2", out="o2", progress=False, device=doc["device"],
+                          **odenet_mnist.MODES["quick"])
+    assert odenet_mnist.same_settings(doc, moved)  # paths, verbosity and "auto" vs its resolution aside
+    other = CompareConfig(data_root="a", runs="r1", out="o1", **{**odenet_mnist.MODES["quick"], "epochs": 3})
+    assert not odenet_mnist.same_settings(doc, other)
+    assert not odenet_mnist.same_settings({**doc, "device": "cuda:7"}, moved)

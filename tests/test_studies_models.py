@@ -1,0 +1,166 @@
+"""Studies 1-4 and 10 (degradation, layer responses, vanishing gradients, shortcut options,
+stochastic depth): their --smoke runs end to end, and the measurements they rest on."""
+import json
+import math
+
+import pytest
+import torch
+
+import models
+from studies import degradation, layer_responses, shortcut_options, stochastic_depth, vanishing_gradients
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # 8x8 images: a second thread only adds contention on the shared 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One run cache for the module, so studies reuse each other's smoke nets as they do for real."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def smoke(study, tmp_path, runs):
+    out = tmp_path / study.NAME
+    result = study.main(["--smoke", "--out", str(out), "--runs", str(runs)])
+    assert (out / "README.md").is_file() and (out / "results.json").is_file()
+    assert json.loads((out / "results.json").read_text())["study"] == study.NAME
+    for line in (out / "README.md").read_text().splitlines():
+        if line.startswith("!["):
+            assert (out / line[line.index("(") + 1:-1]).stat().st_size > 10_000  # a real PNG
+    return result
+
+
+def check_run(net, epochs):
+    assert len(net["history"]) == epochs
+    for h in net["history"]:
+        assert 0 <= h["train_error"] <= 100 and 0 <= h["test_error"] <= 100
+        assert math.isfinite(h["train_loss"]) and math.isfinite(h["test_loss"])
+    name = net["model"]
+    assert net["params"] == models.count_params(models.build(name, **net.get("model_kwargs", {})))
+
+
+def test_degradation_smoke(tmp_path, runs):
+    result = smoke(degradation, tmp_path, runs)
+    labels = [n["label"] for n in result["nets"]]
+    assert labels == ["plain-8", "plain-20", "ResNet-8", "ResNet-20"]
+    for net in result["nets"]:
+        check_run(net, result["epochs"])
+        assert net["model"].endswith("_noshort") != net["residual"]
+    # A plain twin has exactly the parameters of its ResNet (option A adds none).
+    params = {n["label"]: n["params"] for n in result["nets"]}
+    assert params["plain-20"] == params["ResNet-20"] == 269_722
+    assert set(result["verdict"]) >= {"plain_deeper_is_worse", "residual_deeper_not_worse"}
+
+
+def test_layer_responses_smoke(tmp_path, runs):
+    result = smoke(layer_responses, tmp_path, runs)
+    for net in result["nets"]:
+        assert len(net["std"]) == net["depth"] - 1  # every 3x3 conv: stem + 2 per block
+        assert all(math.isfinite(s) and s > 0 for s in net["std"])
+
+
+def test_response_std_matches_direct_computation():
+    from models.data import DeviceData
+    model = models.build("resnet8_noshort", in_channels=1).eval()
+    for m in model.modules():  # non-trivial BN so that the std is not ~1 by construction
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0), m.weight.data.uniform_(0.5, 2.0), m.bias.data.uniform_(-1, 1)
+    g = torch.Generator().manual_seed(0)
+    data = DeviceData(torch.randn(10, 1, 8, 8, generator=g), torch.zeros(10, dtype=torch.long))
+    layers = layer_responses.conv3x3_responses(model)
+    assert layers == ["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.bn1", "layer2.0.bn2",
+                      "layer3.0.bn1", "layer3.0.bn2"]
+    stds = layer_responses.response_std(model, data, layers, batch_size=3)  # uneven batches
+    with torch.no_grad():
+        stem = model.bn1(model.conv1(data.x))
+        block = model.layer1[0].bn1(model.layer1[0].conv1(torch.relu(stem)))
+    assert stds["bn1"] == pytest.approx(stem.double().std(unbiased=False).item(), rel=1e-6)
+    assert stds["layer1.0.bn1"] == pytest.approx(block.double().std(unbiased=False).item(), rel=1e-6)
+
+
+def test_vanishing_gradients_smoke(tmp_path, runs):
+    result = smoke(vanishing_gradients, tmp_path, runs)
+    L = result["settings"]["chain_depth"]
+    for key, r in result["chain"].items():
+        a = r["a"]
+        if r["variant"] == "plain":  # Y = a^L X, forward and backward
+            assert r["output_over_input"] == pytest.approx(a ** L, rel=1e-12)
+            assert r["backward_gain"] == pytest.approx(a ** L, rel=1e-12)
+        elif r["variant"] == "residual":
+            assert r["output_over_input"] == pytest.approx((1 + a) ** L, rel=1e-12)
+        elif r["variant"] == "plain+BN":
+            assert r["forward_std"] == pytest.approx([1.0] * (L + 1), rel=1e-9)
+        else:  # skip + BN: std grows by exactly 1 per layer
+            assert r["forward_std"] == pytest.approx([1.0 + l for l in range(L + 1)], rel=1e-9)
+    assert result["chain"]["plain a=0.5"]["output_over_input"] == pytest.approx(8.88e-16, rel=1e-3)
+    assert result["chain"]["plain a=1.5"]["output_over_input"] == pytest.approx(6.38e8, rel=1e-3)
+    for r in [*result["mlp"].values(), *result["cnn"].values()]:
+        assert all(math.isfinite(g) and g > 0 for g in r["grad_norms"])
+    assert len(result["cnn"]["resnet20"]["grad_norms"]) == 19
+
+
+def test_layer_grad_norm_matches_finite_difference():
+    """The norm is of the right gradient: the loss slope along the gradient equals its norm."""
+    torch.manual_seed(0)
+    net = vanishing_gradients.Stack(12, 8, 4, 3, "sigmoid", residual=True, bn=True).double()
+    x, y = torch.randn(16, 12, dtype=torch.float64), torch.randint(3, (16,))
+    norm = vanishing_gradients.layer_grad_norms(net, x, y, ["hidden.1.weight"])[0]
+    w = net.hidden[1].weight
+    direction = w.grad / w.grad.norm()
+    eps, base = 1e-5, w.detach().clone()
+    losses = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            w.copy_(base + sign * eps * direction)
+            losses.append(torch.nn.functional.cross_entropy(net(x), y).item())
+    assert (losses[0] - losses[1]) / (2 * eps) == pytest.approx(norm, rel=1e-6)
+
+
+def test_shortcut_options_smoke(tmp_path, runs):
+    result = smoke(shortcut_options, tmp_path, runs)
+    for net in result["nets"]:
+        check_run(net, result["epochs"])
+    p = {o: s["params"] for o, s in result["summary"].items()}
+    assert p["plain"] == p["A"] < p["B"] < p["C"]
+    big = result["imagenet_resnet34_params"]
+    assert big["B"] == 21_797_672  # torchvision's resnet34 (option B)
+    assert big["plain"] == big["A"] < big["B"] < big["C"]
+
+
+def test_stochastic_depth_smoke(tmp_path, runs):
+    result = smoke(stochastic_depth, tmp_path, runs)
+    const, sd = result["nets"]["constant depth"], result["nets"]["stochastic depth"]
+    for net in (const, sd):
+        check_run(net, result["epochs"])
+    assert sd["model_kwargs"] == {"drop_path": 0.5, "drop_mode": "batch"}
+    assert const["params"] == sd["params"]  # dropping blocks adds no parameters
+    assert const["relative_train_time"] == 1.0 and sd["relative_train_time"] > 0
+
+
+def test_expected_saving_is_huang_et_al_25_percent():
+    # Linear decay to p_L = 0.5 over L = 54 blocks: mean drop = 0.5 (L + 1) / (2 L).
+    assert stochastic_depth.expected_saving(110) == pytest.approx(0.5 * 55 / 108)
+    assert stochastic_depth.expected_saving(1202) == pytest.approx(0.25, abs=1e-3)
+
+
+def test_train_cached_reuses_a_finished_run_and_keys_what_matters(tmp_path):
+    from dataclasses import replace
+
+    from models.train import TrainConfig
+    from studies.common import run_key, train_cached
+
+    config = TrainConfig(model="resnet8", dataset="synthetic", data_kwargs={"image_size": 8, "size": 32},
+                         epochs=1, batch_size=16, device="cpu", progress=False)
+    history, run = train_cached(config, tmp_path)
+    stamp = (run / "final.pt").stat().st_mtime_ns
+    again, run2 = train_cached(replace(config, progress=True, data_root="elsewhere"), tmp_path)
+    assert run2 == run and again == history and (run / "final.pt").stat().st_mtime_ns == stamp
+    assert run_key(replace(config, epochs=2)) != run_key(config)  # the lr schedule depends on it
+    assert run_key(replace(config, lr=0.05)) != run_key(config)
+    assert run_key(replace(config, noshort=True)).startswith("resnet8_noshort_synthetic_")
