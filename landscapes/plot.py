@@ -302,6 +302,9 @@ def plot_2d(surface: Surface, kind: str, config: PlotConfig = PlotConfig(),
     if kind not in KINDS_2D:
         raise ValueError(f"2-D kind must be one of {', '.join(KINDS_2D)}; got {kind!r}")
     names = list(config.values or (default_value(surface),))
+    if len({_family(n) for n in names}) > 1 or (len(names) > 1 and _family(names[0]) == "other"):
+        raise ValueError(f"side-by-side panels share one colour scale, so they must be the same kind of value "
+                         f"(e.g. train_loss,test_loss); got {','.join(names)}: draw them one at a time")
     grids = [surface_grid(surface, n) for n in names]
     X, Y = grids[0][0], grids[0][1]
     stacked = np.concatenate([g[2].ravel() for g in grids])

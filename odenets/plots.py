@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _load(path: str | Path) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def plot_accuracy_vs_nfe(doc: dict[str, Any], path: Path) -> Path:
         for key, label, marker in series:
             pts = [p for p in sw[key] if kind == "accuracy" or p["logit_deviation"] > 0]
             ax.plot([p["nfe_per_batch"] for p in pts], [value(p) for p in pts], marker=marker, label=label)
-            for i, p in enumerate(pts):
+            for i, p in enumerate(pts if key == "euler" or kind == "deviation" else []):  # no crowding
                 tag = f"K={p['steps']}" if key == "euler" else f"{p['rtol']:.0e}"
                 offset = (4, -11) if key == "euler" else (4, 6 if i % 2 == 0 else -12)
                 ax.annotate(tag, (p["nfe_per_batch"], value(p)), textcoords="offset points", xytext=offset,
@@ -75,6 +76,7 @@ def plot_nfe_vs_epoch(doc: dict[str, Any], path: Path) -> Path:
         if any(p["nfe_backward"] for p in pts):
             ax.plot(epochs, [p["nfe_backward"] for p in pts], marker="s", ls="--", color=line.get_color(),
                     label=f"{model} backward (adjoint)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training epoch (0 = initialization)")
     ax.set_ylabel("NFE per training batch")
     ax.set_title("Function evaluations during training", fontsize=9)

@@ -104,10 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rec["weights"] = w
                     del rec["history"][:-1]
                     records[wd, batch] = rec
-                # 0 = the small-batch solution, 1 = the large-batch one; BN statistics move too.
+                # 0 = the small-batch weights, 1 = the large-batch ones. The paper moves the stored BN
+                # statistics along too, but beyond the ends their linear extrapolation turns variances
+                # negative (NaN losses: all of alpha < 0 in our weight-decay run), so BN is recalibrated
+                # on the training images at every point (torch.optim.swa_utils.update_bn's estimate).
                 res = scan_run(args, run_path(records[wd, s.small]),
                                args.out / "surfaces" / f"interpolation_wd{wd:g}.h5", x=s.interp_axis,
-                               samples=s.samples, split="both",
+                               samples=s.samples, bn="recalibrate",
                                model2=str(run_path(records[wd, s.large]) / "final.pt"))
                 interpolations[wd] = res.surface
     except (ValueError, FileNotFoundError) as err:
@@ -208,9 +211,13 @@ def notes(args: Any, s: Settings, template: Any, rows: list[dict[str, Any]]) -> 
              f"momentum {template.momentum}, lr /10 at {', '.join(f'{m:.0%}' for m in template.milestones)} of the "
              f"iterations), so the large batch takes {s.large // s.small}x fewer steps, as in the paper. Slices: "
              f"`landscapes.scan`, one filter-normalized random direction (biases/BN ignored, seed {args.seed}), "
-             f"{s.random_axis}; interpolation: `landscapes.scan --model2` with 'states' directions (BN running "
-             f"statistics interpolated too, so α = 1 is exactly the large-batch model), {s.interp_axis}. Losses over "
-             f"the first {s.samples or 'all'} images of each split. Raw curves in `surfaces/*.h5` and `results.json`."]
+             f"{s.random_axis}, losses over the first {s.samples or 'all'} images of each split; interpolation: "
+             f"`landscapes.scan --model2 --bn recalibrate`, {s.interp_axis}, over the first {s.samples or 'all'} "
+             f"training images, BN statistics re-estimated on them at every point. The paper interpolates the "
+             f"stored BN statistics with the weights (`--dir-type states`, exact at α = 0 and 1), but extrapolated "
+             f"linearly they turn variances negative beyond the ends: a first quick run that way gave NaN losses "
+             f"for every α < 0 and α > 1.05 in the weight-decay pair. Raw curves in `surfaces/*.h5` and "
+             f"`results.json`."]
     if args.mode == "quick":
         small = max(r["history"][-1]["train_loss"] for r in rows if r["batch_size"] == s.small)
         large = min(r["history"][-1]["train_loss"] for r in rows if r["batch_size"] == s.large)

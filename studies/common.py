@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -183,7 +184,9 @@ def load_trained(run: Path, device: str = "cpu") -> Any:
 def trained_record(config: Any, runs: Path, **labels: Any) -> dict[str, Any]:
     """Train or reuse `config` and summarize the run for a study's results.json: ``labels``, the
     model name and options, parameter count, per-epoch history, final errors (%), summed epoch
-    wall time (training + test pass, s), mean training throughput (images/s) and the run folder."""
+    wall time (training + test pass, s), median training throughput over epochs (images/s; the
+    median, so that an epoch slowed by other jobs on a shared machine does not skew it) and the
+    run folder (relative to the repository when inside it)."""
     from models import count_params
 
     history, run = train_cached(config, runs)
@@ -193,7 +196,15 @@ def trained_record(config: Any, runs: Path, **labels: Any) -> dict[str, Any]:
             "final_train_error": history[-1]["train_error"], "final_test_error": history[-1]["test_error"],
             "best_test_error": min(h["test_error"] for h in history),
             "wall_seconds": sum(h["epoch_time_s"] for h in history),
-            "train_images_per_s": sum(h["images_per_s"] for h in history) / len(history), "run": repo_relative(run)}
+            "train_images_per_s": statistics.median(h["images_per_s"] for h in history), "run": repo_relative(run)}
+
+
+def training_note(records: Iterable[dict[str, Any]]) -> str:
+    """README sentence on the nets' training time: a rerun reuses cached nets and takes seconds,
+    so the command's own time does not say what reproducing the study from scratch costs."""
+    total = sum(r["wall_seconds"] for r in records)
+    return (f"Training the nets took {total:.0f} s of wall time in all (summed from their per-epoch logs; "
+            "a rerun reuses them from the run cache).")
 
 
 def repo_relative(path: Path) -> str:

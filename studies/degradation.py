@@ -5,13 +5,14 @@ trained with one recipe. Deeper plain nets reach a higher *training* error; resi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from studies.common import (Timer, depth_color, epoch_axis, fail, line_style, log_error_axis, new_figure,
-                            parse_args, save_figure, trained_record, training_recipe, write_json,
-                            write_readme)
+                            parse_args, save_figure, trained_record, training_note, training_recipe,
+                            write_json, write_readme)
 
 NAME = "degradation"
 DEPTHS = {"full": (20, 32, 44, 56), "quick": (20, 32, 44, 56), "smoke": (8, 20)}
@@ -134,9 +135,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(/10 at 50% and 75% of the iterations), weight decay {template.weight_decay}")
     notes = [f"Training recipe: {data}. Training error is the running average over each epoch in train "
              "mode, as in the paper's curves; test error uses eval mode (stored BN statistics)."]
+    notes.append(training_note(records))
     if args.mode == "quick":
         notes.append("Full mode (CIFAR-10, 164 epochs = the paper's 64k iterations) was not run here: no "
-                     "GPU and no CIFAR-10 on this machine. The quick run is a few hundred SGD steps on "
+                     "GPU and no CIFAR-10 on this machine. The quick run is "
+                     f"{template.epochs * math.ceil(template.samples / template.batch_size)} SGD steps on "
                      "an MNIST subset, so it shows the *early-training* gap between plain and residual "
                      "nets; the paper's curves show the gap persists to convergence. It uses lr "
                      f"{template.lr}, not the paper's 0.1: at 0.1, ResNet-44 and ResNet-56 diverged in the first "

@@ -7,14 +7,14 @@ ResNets stay near 0 around the minimizer; nets without skip connections do not.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from studies.common import (Timer, fail, merge_surfaces, parse_args, replacing_conflicts, run_path, scan_config,
+from studies.common import (Timer, fail, parse_args, replacing_conflicts, run_path, scan_config,
                             trained_record, training_recipe, write_json, write_readme)
 from studies.resnet_vs_noshort_landscape import label, net_config
 
@@ -35,7 +35,7 @@ MODES = {
     "full": Settings((20, 56, 110), "-1:1:21", 4096, 100, 1e-3),
     # One point costs ~20 products, ~0.6 s each for ResNet-20 on 16 MNIST images here: a 5x5 map
     # of the ResNet-20 pair is ~8 min. ResNet-56 would be 3x that.
-    "quick": Settings((20,), "-1:1:5", 16, 20, 1e-2),
+    "quick": Settings((20,), "-0.3:0.3:5", 16, 20, 1e-2),  # inside resnet_vs_noshort's quick grid
     "smoke": Settings((8,), "-1:1:3", 8, 12, 1e-2),
 }
 
@@ -102,18 +102,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def plot(maps: dict[str, Any], s: Settings, out: Path, dataset: str) -> list[str]:
-    """Heat maps of the ratio, one per net on the paper's 0..0.5 colour scale, and of lambda_min."""
+    """A heat map of the ratio per net, all on the paper's 0..0.5 colour scale (landscapes.plot)."""
     from landscapes.plot import PlotConfig, plot_2d
 
     figures = []
-    for value, cfg, name in (("eig_ratio", PlotConfig(vmin=0.0, vmax=0.5, cmap="viridis"), "eig_ratio"),
-                             ("min_eig", PlotConfig(cmap="magma"), "min_eig")):
-        merged = merge_surfaces(maps, value)
-        title = (f"{'|λmin / λmax|' if value == 'eig_ratio' else 'λmin'} of the Hessian over the "
-                 f"{s.grid.rsplit(':', 1)[1]}² slice ({dataset}, {s.samples} training images per point)")
-        fig = plot_2d(merged, "heat", replace(cfg, values=tuple(merged.values), title=title, dpi=110))
-        fig.savefig(out / f"{name}_maps.png", dpi=110)
-        figures.append(f"{name}_maps.png")
+    for name, surface in maps.items():
+        title = (f"{name}: |λmin / λmax| of the Hessian over the {s.grid.rsplit(':', 1)[1]}² slice\n"
+                 f"({dataset}, {s.samples} training images per point)")
+        fig = plot_2d(surface, "heat", PlotConfig(values=("eig_ratio",), vmin=0.0, vmax=0.5, title=title, dpi=110))
+        file = f"eig_ratio_{surface.attrs['model']}.png"
+        fig.savefig(out / file, dpi=110)
+        figures.append(file)
     return figures
 
 

@@ -6,6 +6,7 @@ responses are smaller: the layers learn small corrections to the identity.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ import torch.nn as nn
 
 from models.data import DeviceData, load_device_data
 from studies.common import (Timer, depth_color, fail, line_style, load_trained, new_figure, parse_args,
-                            repo_relative, save_figure, train_cached, training_recipe, write_json,
-                            write_readme)
+                            repo_relative, save_figure, train_cached, training_note, training_recipe,
+                            write_json, write_readme)
 
 NAME = "layer_responses"
 # (depth, residual) as in the paper's figure, trained with the shared recipe of the mode (full: He
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 "residual": residual, "layers": layers, "std": values,
                                 "mean_std": sum(values) / len(values), "max_std": max(values),
                                 "test_error": history[-1]["test_error"], "run": repo_relative(run),
-                                "train_wall_seconds": sum(h["epoch_time_s"] for h in history)})
+                                "wall_seconds": sum(h["epoch_time_s"] for h in history)})
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     v = verdict(records)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json(args.out / "results.json", result)
     table = [{"net": r["label"], "3x3 layers": len(r["std"]), "mean std (ours)": r["mean_std"],
               "max std (ours)": r["max_std"], "test error % (ours)": r["test_error"],
-              "training wall s (cached run)": r["train_wall_seconds"],
+              "training wall s": r["wall_seconds"],
               "He et al. Fig. 7": "ResNet below plain" if r["residual"] else "plain above ResNet"}
              for r in records]
     notes = [f"Training recipe: {template.dataset}, {template.samples or 'all'} training images, "
@@ -168,10 +169,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              f"of the degradation study). Responses are measured on {len(test)} test images in eval mode; the "
              "std is taken over all images, channels and positions of a layer. The paper publishes curves "
              "only (no table), so the comparison is qualitative."]
+    notes.append(training_note(records))
     if args.mode == "quick":
         notes.append("Full mode (CIFAR-10, 164 epochs, plain/ResNet-20, 56, 110) was not run here: no GPU "
                      "and no CIFAR-10 on this machine. The quick run covers "
-                     f"{', '.join(r['label'] for r in records)} only, for a few hundred steps at lr 0.1: the "
+                     f"{', '.join(r['label'] for r in records)} only, for "
+                     f"{template.epochs * math.ceil(template.samples / template.batch_size)} steps at lr 0.1: the "
                      "layers' BN scales are what this figure measures, and they barely move in the shorter "
                      "lr-0.02 runs of the degradation study (all stds stayed close to 1 there); deeper "
                      "nets diverge at lr 0.1 on this budget.")

@@ -142,7 +142,8 @@ def describe(doc: dict[str, Any]) -> str:
                      f"{dp[-1]['nfe_per_batch']:.0f} NFE for {dp[-1]['error']:.2f}%.")
     worst = max(r["test_error"] for r in doc["rows"])
     if worst > 10:
-        lines.append(f"- These nets are far from trained (test error up to {worst:.1f}% after {doc['config']['epochs']} "
+        lines.append(f"- These nets are far from trained (test error up to {worst:.1f}% after "
+                     f"{doc['config']['epochs']} "
                      f"epoch(s)): the error comparison of Table 1 and the accuracy side of the solver trade-off "
                      f"cannot show at this length of training; parameters, NFE and memory do not depend on it.")
     md = doc["memory_vs_depth"]["rows"]

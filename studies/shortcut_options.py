@@ -13,7 +13,7 @@ from typing import Any
 
 import models
 from studies.common import (Timer, epoch_axis, fail, log_error_axis, new_figure, parse_args, save_figure,
-                            trained_record, training_recipe, write_json, write_readme)
+                            trained_record, training_note, training_recipe, write_json, write_readme)
 
 NAME = "shortcut_options"
 # ResNet-32 is the CIFAR net closest to the paper's ResNet-34. Quick uses ResNet-20 at the paper's
@@ -49,6 +49,22 @@ def imagenet_params() -> dict[str, int]:
     return counts
 
 
+def macs_per_image(template: Any, depth: int, option: str) -> int:
+    """Multiply-accumulates of one forward pass on one image of the run's data set (models.summary):
+    the deterministic cost of an option, where timings on a shared machine are noise."""
+    from models.data import DATASETS
+    from models.summary import summarize as count
+
+    c, h, w = DATASETS[template.dataset].shape
+    kw = dict(template.data_kwargs)
+    c, h = kw.get("channels", c), kw.get("image_size", h)
+    w = kw.get("image_size", w)
+    config = net_config(template, depth, option)
+    model = models.build(config.model_name, num_classes=DATASETS[template.dataset].num_classes, in_channels=c,
+                         **config.model_kwargs)
+    return count(model, (c, h, w)).macs
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mean (and spread over seeds) of the final test and training errors per option."""
     out = {}
@@ -58,7 +74,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[option] = {"params": rs[0]["params"], "seeds": len(rs), "test_error": statistics.fmean(test),
                        "test_error_min": min(test), "test_error_max": max(test),
                        "train_error": statistics.fmean(r["final_train_error"] for r in rs),
-                       "train_images_per_s": statistics.fmean(r["train_images_per_s"] for r in rs)}
+                       "train_images_per_s": statistics.median(r["train_images_per_s"] for r in rs)}
     return out
 
 
@@ -83,7 +99,8 @@ def plot(records: list[dict[str, Any]], summary: dict[str, dict[str, Any]], out:
     hi = [summary[o]["test_error_max"] - summary[o]["test_error"] for o in OPTIONS]
     ax.bar(xs, means, yerr=[lo, hi], color=[COLORS[o] for o in OPTIONS], capsize=4)
     for x, o in zip(xs, OPTIONS):
-        ax.annotate(f"{summary[o]['params'] / 1e3:.1f}k params", (x, means[x]), ha="center", va="bottom",
+        ax.annotate(f"{summary[o]['params'] / 1e3:.1f}k params", (x, summary[o]["test_error_max"]), ha="center",
+                    va="bottom",
                     xytext=(0, 6), textcoords="offset points", fontsize=8)
     ax.set_xticks(list(xs), ["plain", "A", "B", "C"])
     ax.set(xlabel="shortcut option", ylabel="final test error (%)",
@@ -130,19 +147,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     records.append(trained_record(config, args.runs, option=option, seed=args.seed + k,
                                                   seed_index=k))
             imagenet = imagenet_params()
+            macs = {o: macs_per_image(template, depth, o) for o in OPTIONS}
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     summary = summarize(records)
     figures = plot(records, summary, args.out, f"depth {depth} on {template.dataset}")
     result = {"study": NAME, "mode": args.mode, "depth": depth, "dataset": template.dataset,
               "samples": template.samples, "epochs": template.epochs, "seeds": seeds, "seconds": timer.seconds,
-              "summary": summary, "imagenet_resnet34_params": imagenet, "nets": records,
+              "summary": summary, "macs_per_image": macs, "imagenet_resnet34_params": imagenet, "nets": records,
               "paper": {"imagenet_top1": PAPER_TOP1, "imagenet_top5": PAPER_TOP5}}
     write_json(args.out / "results.json", result)
     table = [{"option": o, f"params, depth {depth} (ours)": summary[o]["params"],
               f"test error % (ours, mean of {seeds})": summary[o]["test_error"],
               "train error % (ours)": summary[o]["train_error"],
-              "train images/s (ours)": summary[o]["train_images_per_s"],
+              "MMACs per image (ours)": macs[o] / 1e6,
               "params, ResNet-34 ImageNet (ours)": imagenet[o],
               "top-1 % (He et al., ImageNet 34 layers)": PAPER_TOP1[o],
               "top-5 %": PAPER_TOP5[o]} for o in OPTIONS]
@@ -150,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              f"{template.epochs} epochs, batch {template.batch_size}, lr {template.lr} (/10 at 50% and 75%), "
              f"weight decay {template.weight_decay}; seeds {args.seed}..{args.seed + seeds - 1}. The ImageNet "
              "parameter counts are of our registry's resnet34 built with each option (not trained)."]
+    notes.append(training_note(records))
     if args.mode == "quick":
         notes.append(f"Full mode (CIFAR-10, ResNet-32, 164 epochs) was not run here: no GPU and no CIFAR-10 on "
                      f"this machine. The quick run is ResNet-{depth} on an MNIST subset for a few epochs, where "

@@ -367,3 +367,24 @@ def test_bench_runs_both_loops_and_prints_ratio_last(capsys):
     assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
     diff = next(line for line in lines if line.startswith("max relative loss difference"))
     assert float(diff.split()[-1]) < RTOL
+
+
+def test_precision_scope_restores_global_flags():
+    """float32 means true fp32 on CUDA (cuDNN convs default to TF32); the flags come back after."""
+    from landscapes.evaluate import _precision
+    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    with _precision("float32", torch.device("cuda")):
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    with _precision("tf32", torch.device("cuda")):
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+
+
+def test_naive_engine_option_is_the_reference():
+    model = trained_like(models.build("resnet8"))
+    center, dirs, data = model.state_dict(), directions(model, 2), tiny_data(8)
+    loss, acc, info = evaluate_points(model, center, dirs, COORDS_2D[:2], data, EvalConfig(engine="naive"),
+                                      return_info=True)
+    assert info.engine == "naive" and info.folded_bn == 0
+    ref = evaluate_naive(model, center, dirs, COORDS_2D[:2], data)
+    assert torch.equal(loss, ref[0]) and torch.equal(acc, ref[1])

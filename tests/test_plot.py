@@ -196,6 +196,7 @@ def test_cli_outputs_and_errors(tmp_path, capsys):
     assert "train_err" in capsys.readouterr().out
     for bad, msg in [(["--kind", "1d"], "2-D surface"), (["--value", "nope"], "no value 'nope'"),
                      (["--vmin", "2", "--vmax", "1"], "vmin must be below vmax"),
+                     (["--value", "train_loss,train_acc"], "same kind of value"),
                      (["--all", "--out", str(tmp_path / "x.png")], "names one file")]:
         with pytest.raises(SystemExit) as exc:
             main([str(path), *bad])

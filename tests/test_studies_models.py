@@ -128,6 +128,8 @@ def test_shortcut_options_smoke(tmp_path, runs):
         check_run(net, result["epochs"])
     p = {o: s["params"] for o, s in result["summary"].items()}
     assert p["plain"] == p["A"] < p["B"] < p["C"]
+    macs = result["macs_per_image"]  # zero-padding is free, projections are not
+    assert macs["plain"] == macs["A"] < macs["B"] < macs["C"]
     big = result["imagenet_resnet34_params"]
     assert big["B"] == 21_797_672  # torchvision's resnet34 (option B)
     assert big["plain"] == big["A"] < big["B"] < big["C"]
@@ -141,6 +143,7 @@ def test_stochastic_depth_smoke(tmp_path, runs):
     assert sd["model_kwargs"] == {"drop_path": 0.5, "drop_mode": "batch"}
     assert const["params"] == sd["params"]  # dropping blocks adds no parameters
     assert const["relative_train_time"] == 1.0 and sd["relative_train_time"] > 0
+    assert all(0 <= net["eval_train_error"] <= 100 for net in (const, sd))
 
 
 def test_expected_saving_is_huang_et_al_25_percent():
@@ -164,3 +167,18 @@ def test_train_cached_reuses_a_finished_run_and_keys_what_matters(tmp_path):
     assert run_key(replace(config, epochs=2)) != run_key(config)  # the lr schedule depends on it
     assert run_key(replace(config, lr=0.05)) != run_key(config)
     assert run_key(replace(config, noshort=True)).startswith("resnet8_noshort_synthetic_")
+
+
+def test_full_modes_use_the_papers_settings():
+    """Full mode is the same code with the papers' recipes (it cannot run here: no CIFAR-10, no GPU)."""
+    from studies.common import parse_args, training_recipe
+
+    args = parse_args("degradation", "", ["--device", "cpu"])
+    he = training_recipe(args)  # He et al. 2016: 64k iterations of batch 128 = 164 epochs
+    assert (he.dataset, he.epochs, he.batch_size, he.lr, he.momentum, he.weight_decay, he.milestones) == \
+        ("cifar10", 164, 128, 0.1, 0.9, 1e-4, (0.5, 0.75))
+    sd = training_recipe(args, model=f"resnet{stochastic_depth.DEPTH['full']}", **stochastic_depth.OVERRIDES["full"])
+    assert (sd.model, sd.epochs) == ("resnet110", 500)  # Huang et al.: lr /10 at epochs 250 and 375
+    assert stochastic_depth.VARIANTS["stochastic depth"] == {"drop_path": 0.5, "drop_mode": "batch"}
+    assert degradation.DEPTHS["full"] == (20, 32, 44, 56) and shortcut_options.DEPTH["full"] == 32
+    assert (110, True) in layer_responses.NETS["full"]
