@@ -699,12 +699,12 @@ def _glue_grid_args(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = vars(build_parser().parse_args(_glue_grid_args(sys.argv[1:] if argv is None else argv)))
-    from models.train import _key_values  # one parser for KEY=VALUE options across CLIs
+    from models.registry import parse_key_values  # one parser for KEY=VALUE options across CLIs
     started = _init_distributed(args["device"])
     rank, world = _world()
     try:
         kw = args.pop("data_kw")
-        args["data_kwargs"] = None if kw is None else _key_values(kw)
+        args["data_kwargs"] = None if kw is None else parse_key_values(kw)
         result = scan(ScanConfig(**args))
     except (ValueError, FileNotFoundError) as err:  # CheckpointError, SurfaceConflictError are ValueErrors
         prefix = "error" if world == 1 else f"error (rank {rank})"

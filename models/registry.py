@@ -5,6 +5,7 @@ One dict maps a name to a family builder plus the keyword defaults that make the
 """
 from __future__ import annotations
 
+import ast
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -87,3 +88,18 @@ def describe(name: str) -> str:
     entry = _entry(name)
     opts = ", ".join(f"{k}={v!r}" for k, v in entry.defaults.items())
     return f"{name}: {entry.doc or entry.builder.__name__}({opts})"
+
+
+def parse_key_values(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """CLI ``key=value`` options for builders and data sets; values are Python literals where
+    possible (2, 0.5, None, 'B'), else strings."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        try:
+            result[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            result[key] = value
+    return result

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import BLOCKS
-from .registry import build, describe, names
+from .registry import build, describe, names, parse_key_values
 
 
 @dataclass(frozen=True)
@@ -66,21 +66,6 @@ def parse_input(text: str) -> tuple[int, ...]:
     return dims
 
 
-def parse_kwargs(items: list[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are parsed as Python literals where possible (2, 0.5, None, 'B')."""
-    import ast
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.summary", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,10 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.model:
         p.error("name a model (or use --list / --block)")
     try:
-        kwargs = parse_kwargs(args.kw)
+        kwargs = parse_key_values(args.kw)
         size = args.input or (3, 32, 32)
         model = build(args.model, num_classes=args.num_classes, in_channels=size[0], **kwargs)
-    except (ValueError, argparse.ArgumentTypeError) as err:
+    except ValueError as err:
         sys.exit(f"error: {err}")
     s = summarize(model, size)
     if args.layers:

@@ -11,7 +11,6 @@ uninterrupted one bit for bit. CUDA runs are seeded too but not bit-reproducible
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import io
 import json
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .data import DATASETS, DeviceData, load_device_data
-from .registry import build, resolve_name
+from .registry import build, parse_key_values, resolve_name
 
 __all__ = ["TrainConfig", "RunConflictError", "train", "evaluate", "lr_at", "warmup_enabled", "main"]
 
@@ -305,20 +304,6 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
     return history
 
 
-def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
-    """Parse repeated key=value options; values are Python literals (2, 0.1, None) or strings."""
-    result: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected key=value, got {pair!r}")
-        try:
-            result[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            result[key] = value
-    return result
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="registry name, e.g. resnet56 (see python -m models.summary --list)")
@@ -351,8 +336,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = vars(p.parse_args(argv))
     start = time.perf_counter()
     try:
-        args["model_kwargs"] = _key_values(args.pop("model_kw"))
-        args["data_kwargs"] = _key_values(args.pop("data_kw"))
+        args["model_kwargs"] = parse_key_values(args.pop("model_kw"))
+        args["data_kwargs"] = parse_key_values(args.pop("data_kw"))
         config = TrainConfig(**args)
         history = train(config)
     except (ValueError, KeyError, FileNotFoundError, RunConflictError) as err:

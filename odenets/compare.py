@@ -24,7 +24,8 @@ from models import build, load_checkpoint
 from models.data import DATASETS, DataNotFoundError, DeviceData, load_device_data
 from models.ode import ADAPTIVE_METHODS, counted_blocks, nfe, ode_blocks
 from models.summary import count_params
-from models.train import RunConflictError, TrainConfig, _key_values, train
+from models.registry import parse_key_values
+from models.train import RunConflictError, TrainConfig, train
 
 from .memory import CPU_METHOD, CUDA_METHOD, memory_vs_depth, training_step_memory
 from .solvers import euler_configs, evaluate_counted, sweep, tolerance_configs
@@ -105,7 +106,7 @@ def parse_entry(entry: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"bad model entry {entry!r}; expected NAME or NAME[key=value,...]")
     name, opts = match.group(1), match.group(2)
     build(name, in_channels=1)  # unknown names fail here, with the registry's suggestions
-    return name, _key_values([o for o in (opts or "").split(",") if o.strip()])
+    return name, parse_key_values([o for o in (opts or "").split(",") if o.strip()])
 
 
 def _run_dir(config: CompareConfig, entry: str) -> Path:
@@ -380,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for key in ("samples", "test_samples", "sweep_samples"):
         args[key] = args[key] or None
     try:
-        args["data_kwargs"] = _key_values(args.pop("data_kw"))
+        args["data_kwargs"] = parse_key_values(args.pop("data_kw"))
         config = CompareConfig(**args)
         doc = compare(config)
         figures = []

@@ -26,14 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters, as after training (init has mean 0, var 1)."""

@@ -52,14 +52,6 @@ def exact_hessian(net, data, params: str = "weights") -> torch.Tensor:
     return torch.func.jacrev(torch.func.jacrev(loss))(flat0)  # reverse-over-reverse: fast on CPU
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared machine (10-100x here)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def problem():

@@ -18,14 +18,6 @@ from studies.common import load_trained, merge_surfaces, run_path
 SMOKE_DATA = {"image_size": 8, "size": 96}  # studies.common.TRAINING_MODES["smoke"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a second thread only adds contention on the shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -10,14 +10,6 @@ import models
 from studies import degradation, layer_responses, shortcut_options, stochastic_depth, vanishing_gradients
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 8x8 images: a second thread only adds contention on the shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -18,14 +18,6 @@ A = np.array([3.0, 2.2, 1.0, 1.5, 0.4, -0.3, 0.1, 0.0])
 B = np.array([-1.0, 0.5, 1.6, 0.2, 0.9, 0.3, -0.2, 0.0])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids OpenMP barrier stalls on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def path():
