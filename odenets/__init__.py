@@ -3,6 +3,8 @@ re-solving a trained field, memory measurement, and the ResNet / RK-Net / ODE-Ne
 
 The blocks live in ``models.ode`` (the model registry builds them); they are re-exported here.
 """
+from typing import Any
+
 from models.blocks import DropPath, linear_decay
 from models.ode import (ADAPTIVE_METHODS, FIXED_GRID_METHODS, METHODS, NFE, ConcatConv2d, CountedField,
                         EulerStack, ODEBlock, ODEFunc, ODENet, PreActResBlock, check_solver, counted_blocks,
@@ -11,7 +13,6 @@ from models.ode import (ADAPTIVE_METHODS, FIXED_GRID_METHODS, METHODS, NFE, Conc
 from .memory import MemoryReport, memory_vs_depth, peak_memory, training_step_memory
 from .solvers import (SolveResult, SolverConfig, euler_configs, evaluate_counted, evaluate_solver, set_solver,
                       sweep, tolerance_configs, using_solver)
-from .stochastic_depth import TimingConfig, survival_probabilities, time_training_steps
 
 __all__ = [
     "ADAPTIVE_METHODS", "FIXED_GRID_METHODS", "METHODS", "NFE", "ConcatConv2d", "CountedField", "DropPath",
@@ -21,3 +22,11 @@ __all__ = [
     "tolerance_configs", "training_step_memory", "using_solver", "TimingConfig", "survival_probabilities",
     "time_training_steps",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily so `python -m odenets.stochastic_depth` does not find itself pre-imported.
+    if name in ("TimingConfig", "survival_probabilities", "time_training_steps"):
+        from . import stochastic_depth
+        return getattr(stochastic_depth, name)
+    raise AttributeError(f"module 'odenets' has no attribute {name!r}")

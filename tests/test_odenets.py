@@ -24,15 +24,6 @@ from odenets.solvers import SolverConfig, euler_configs, evaluate_solver, set_so
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: OpenMP threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LinearField(nn.Module):
     """dy/dt = A y (rows of y are states), counting its own calls independently of the block."""
 

@@ -15,12 +15,9 @@ from odenets.stochastic_depth import TimingConfig, branch_counter, survival_prob
 @pytest.fixture(autouse=True)
 def seeded():
     # Drop decisions come from the global RNG (as torchvision's StochasticDepth); keep it private.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         yield
-    torch.set_num_threads(threads)
 
 
 def four_sigma(p, n):
