@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from studies.common import (Timer, fail, load_trained, new_figure, parse_args, run_path, save_figure, scan_run,
-                            trained_record, training_recipe, write_json, write_readme)
+from studies.common import (Timer, compute_note, fail, load_trained, new_figure, parse_args, run_path, save_figure,
+                            scan_run, trained_record, training_recipe, write_json, write_readme)
 
 NAME = "batch_size_flatness"
 
@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "does, because weight decay shrinks the small-batch weights (more updates) and a fixed step is "
                  "relatively larger for smaller weights. Filter-normalized 1-D slices remove the scale effect: the "
                  "large-batch minimizers are sharper in both cases and generalize worse.",
-                 {"Solutions": table}, figures, describe(records, interpolations, s), notes(args, s, template, rows),
-                 timer.seconds)
+                 {"Solutions": table}, figures, describe(records, interpolations, s),
+                 notes(args, s, template, rows) + "\n\n" + compute_note(
+                     sum(r["wall_seconds"] for r in rows), [*slices.values(), *interpolations.values()]), timer.seconds)
     return result
 
 

@@ -383,3 +383,18 @@ def epoch_axis(ax: Any) -> None:
 
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def compute_note(train_seconds: float, surfaces: Iterable[Any]) -> str:
+    """One README sentence with what a study's numbers cost to compute, which a rerun on cached
+    runs and surfaces (seconds) does not show: summed training time and evaluation time of the
+    surfaces (their recorded seconds per point times their points)."""
+    import math
+
+    scan = 0.0
+    for s in surfaces:
+        per_point = float(s.attrs.get("seconds_per_point", math.nan))
+        scan += per_point * int(s.done.sum()) if math.isfinite(per_point) else 0.0
+    return (f"Compute behind these numbers on this machine: {train_seconds:.0f} s of training (cached under the run "
+            f"folder, reused by reruns and by other studies) and {scan:.0f} s of landscape evaluation (kept in "
+            f"the surface files; a rerun resumes them).")

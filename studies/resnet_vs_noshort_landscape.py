@@ -15,8 +15,8 @@ import torch
 
 from models.train import warmup_enabled
 
-from studies.common import (Timer, fail, merge_surfaces, parse_args, run_path, scan_run, trained_record,
-                            training_recipe, write_json, write_readme)
+from studies.common import (Timer, compute_note, fail, merge_surfaces, parse_args, run_path, scan_run,
+                            trained_record, training_recipe, write_json, write_readme)
 
 NAME = "resnet_vs_noshort_landscape"
 
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "grows (ResNet-56/110-noshort), and these nets train worse; with skip connections it stays "
                  "smooth and nearly convex at every depth.",
                  {"Test error and slice statistics": table(records)}, figures, describe(records),
-                 notes(args, settings, template), timer.seconds)
+                 notes(args, settings, template) + "\n\n" + compute_note(
+                     sum(r["wall_seconds"] for r in records), surfaces.values()), timer.seconds)
     return result
 
 
@@ -170,7 +171,18 @@ def describe(records: list[dict[str, Any]]) -> str:
                      f"{b['final_test_error']:.2f}%.")
     deepest = max(d for d, _ in by)
     shallow = min(d for d, _ in by)
+    for r in records:
+        if r["min_loss"] < r["center_loss"] - 1e-6:
+            lines.append(f"- {r['label']}: the trained weights are not a minimum of the slice (grid minimum "
+                         f"{r['min_loss']:.3g} below the center's {r['center_loss']:.3g}; training error "
+                         f"{r['final_train_error']:.1f}%): this is the landscape around a net that did not train, "
+                         f"a wide high plateau, not the fractured landscape around a trained noshort net.")
     if deepest != shallow:
+        drop = {d: by[d, True]["convex_fraction"] - by[d, False]["convex_fraction"] for d in (shallow, deepest)}
+        lines.append(f"- Removing skips costs {100 * drop[shallow]:.0f} points of convex slice at depth {shallow} and "
+                     f"{100 * drop[deepest]:.0f} at depth {deepest}"
+                     + (" (more non-convex with depth, the paper's direction)." if drop[deepest] > drop[shallow]
+                        else " (**not** more non-convex with depth)."))
         gap_deep = by[deepest, False]["final_test_error"] - by[deepest, True]["final_test_error"]
         gap_shallow = by[shallow, False]["final_test_error"] - by[shallow, True]["final_test_error"]
         lines.append(f"- The test-error cost of removing skips grows with depth: {gap_shallow:+.2f} points at "
@@ -191,7 +203,7 @@ def notes(args: Any, settings: Settings, template: Any) -> str:
              f"3-D view.",
              "Slice statistics are read off the grid: *convex fraction* is the share of interior grid points "
              "whose finite-difference 2x2 Hessian of the slice is positive semidefinite; *local minima* counts "
-             "grid points lower than their 8 neighbours. They describe the 2-D slice only; "
+             "interior grid points lower than their 8 neighbours. They describe the 2-D slice only; "
              "`hessian_ratio` measures curvature in all directions."]
     if args.mode == "quick":
         parts.append("**Scaled down for 2 CPU cores**: MNIST instead of CIFAR-10 (not available offline), nets "

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from studies.batch_size_flatness import MODES as BATCH_MODES
-from studies.common import (Timer, fail, parse_args, run_path, scan_run, trained_record, training_recipe, write_json,
-                            write_readme)
+from studies.common import (Timer, compute_note, fail, parse_args, run_path, scan_run, trained_record,
+                            training_recipe, write_json, write_readme)
 
 NAME = "trajectory"
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
     s, b = MODES[args.mode], BATCH_MODES[args.mode]
     template = replace(training_recipe(args, **b.training), model=b.model)
-    records = []
+    records, planes = [], []
     try:
         with Timer() as timer:
             for batch, wd in [(bs, wd) for wd in b.weight_decays for bs in (b.small, b.large)]:
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 gx, gy = suggested_axes(traj.projection, margin=0.25, num=s.points)
                 res = scan_run(args, run, args.out / "surfaces" / f"pca_plane_{tag}.h5", x=gx, y=gy,
                                samples=s.samples, dir_file=traj.dir_file)
+                planes.append(res.surface)
                 proj, ratio = traj.projection, traj.pca.explained_variance_ratio
                 total = float((proj.distance ** 2).sum())
                 del rec["history"][:-1]
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "paper's VGG-9 runs), whereas random directions in a space of millions of dimensions are nearly "
                  "orthogonal to it. Over the loss contours of that plane, the path first runs down across the "
                  "contours and then drifts along the flat valley toward the final minimizer.",
-                 {"Paths": table}, figures, describe(records), notes(args, s, b, template), timer.seconds)
+                 {"Paths": table}, figures, describe(records), notes(args, s, b, template) + "\n\n" + compute_note(
+                     sum(r["wall_seconds"] for r in records), planes), timer.seconds)
     return result
 
 

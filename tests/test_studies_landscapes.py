@@ -224,6 +224,7 @@ def test_odenet_settings_identity():
     moved = CompareConfig(data_root="b", runs="r2", out="o2", progress=False, device=doc["device"],
                           **odenet_mnist.MODES["quick"])
     assert odenet_mnist.same_settings(doc, moved)  # paths, verbosity and "auto" vs its resolution aside
-    other = CompareConfig(data_root="a", runs="r1", out="o1", **{**odenet_mnist.MODES["quick"], "epochs": 3})
+    other = CompareConfig(data_root="a", runs="r1", out="o1",
+                          **{**odenet_mnist.MODES["quick"], "epochs": config.epochs + 1})
     assert not odenet_mnist.same_settings(doc, other)
     assert not odenet_mnist.same_settings({**doc, "device": "cuda:7"}, moved)
