@@ -8,6 +8,7 @@ bench/RESULTS.md naming the machine. Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
@@ -28,7 +29,7 @@ from models.data import DATASETS, DataNotFoundError, DeviceData, load_split
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = ("| date | machine | torch | model | data | grid | images | device | dtype | engine (K x B) | "
-          "naive img/s | ours img/s | ratio | max rel. loss diff | arguments |\n"
+          "naive img/s | ours img/s (TFLOP/s) | ratio | max rel. loss diff | arguments |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
@@ -69,10 +70,28 @@ class BenchResult:
     naive_points: int
     max_rel_diff: float  # loss, ours vs naive, over the points both evaluated
     info: EvalInfo
+    macs_per_image: int = 0  # conv + linear multiply-accumulates of one forward (models.summarize)
 
     @property
     def ratio(self) -> float:
         return self.ours_rate / self.naive_rate
+
+    @property
+    def ours_tflops(self) -> float:
+        """Achieved arithmetic rate of the engine, counting 2 FLOPs per multiply-accumulate."""
+        return 2 * self.macs_per_image * self.ours_rate / 1e12
+
+
+# Dense peak TFLOP/s of the GPUs the project is lent (NVIDIA H100 SXM / H200 data sheets), per dtype.
+PEAK_TFLOPS = {"H100": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4},
+               "H200": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4}}
+
+
+def peak_tflops(device: torch.device, dtype: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks[dtype] for gpu, peaks in PEAK_TFLOPS.items() if gpu in name), None)
 
 
 def machine_name(device: torch.device) -> str:
@@ -188,8 +207,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
     both = loss[: len(naive_loss)]
     diff = ((both - naive_loss).abs() / naive_loss.abs().clamp_min(1e-12)).max().item()
     n = len(x)
+    macs = models.summarize(copy.deepcopy(model).cpu(), tuple(x.shape[1:])).macs
     return BenchResult(n_naive * n / naive_seconds, len(coords) * n / ours_seconds, naive_seconds,
-                       ours_seconds, n_naive, diff, eval_info)
+                       ours_seconds, n_naive, diff, eval_info, macs)
 
 
 def append_result(path: str | os.PathLike, config: BenchConfig, result: BenchResult, arguments: str) -> None:
@@ -197,10 +217,11 @@ def append_result(path: str | os.PathLike, config: BenchConfig, result: BenchRes
     path = Path(path)
     device = torch.device(config.device)
     i = result.info
+    threads = (f", {i.workers} threads" if i.workers > 1 else "") + (f", {i.fused} fused" if i.fused else "")
     row = (f"| {datetime.date.today()} | {machine_name(device)} | {torch.__version__} | {config.model} | "
            f"{config.dataset} | {config.grid}x{config.grid} | {config.samples} | {device.type} | {i.dtype} | "
-           f"{i.engine} ({i.points_per_pass} x {i.batch_size}) | {result.naive_rate:.0f} | {result.ours_rate:.0f} | "
-           f"{result.ratio:.2f} | {result.max_rel_diff:.1e} | `{arguments}` |\n")
+           f"{i.engine} ({i.points_per_pass} x {i.batch_size}{threads}) | {result.naive_rate:.0f} | "
+           f"{result.ours_rate:.0f} ({result.ours_tflops:.3g}) | {result.ratio:.2f} | {result.max_rel_diff:.1e} | `{arguments}` |\n")
     new = not path.exists() or "| date |" not in path.read_text()
     with open(path, "a") as f:
         if new:
@@ -231,13 +252,15 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--points-per-pass", type=int, default=None, help="grid points per forward (batched engine)")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--no-fold", action="store_true", help="keep BN layers unfolded")
+    p.add_argument("--no-fuse", action="store_true", help="CPU: keep conv, add and ReLU as separate ops")
     p.add_argument("--compile", default=None, choices=COMPILE_MODES, help="torch.compile the forward")
     p.add_argument("--results", default=str(RESULTS), help="markdown file to append to")
     p.add_argument("--no-append", action="store_true", help="print only")
     a = p.parse_args(argv)
     name = models.resolve_name(a.model, a.noshort)
     ev = EvalConfig(batch_size=a.batch_size, points_per_pass=a.points_per_pass, engine=a.engine, dtype=a.dtype,
-                    bn_mode=a.bn, channels_last=not a.no_channels_last, fold_bn=not a.no_fold, compile=a.compile)
+                    bn_mode=a.bn, channels_last=not a.no_channels_last, fold_bn=not a.no_fold, compile=a.compile,
+                    fuse_cpu=not a.no_fuse)
     return BenchConfig(model=name, dataset=a.dataset, data_root=a.data_root, grid=a.grid, samples=a.samples,
                        device=a.device, checkpoint=a.checkpoint, naive_points=a.naive_points, seed=a.seed, eval=ev,
                        slice_points=a.slice_points, threads=a.threads,
@@ -260,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"naive: {result.naive_rate:10.1f} image-evals/s  ({result.naive_points} points in "
           f"{result.naive_seconds:.1f} s; DataLoader batch {config.naive_batch}, load_state_dict per point)")
     print(f"ours:  {result.ours_rate:10.1f} image-evals/s  ({i.points} points in {result.ours_seconds:.1f} s; "
-          f"engine {i.engine}, {i.points_per_pass} points x {i.batch_size} images per forward, "
-          f"{i.folded_bn} BN folded)")
+          f"engine {i.engine}, {i.points_per_pass} points x {i.batch_size} images per forward"
+          f"{f', {i.workers} points in parallel threads' if i.workers > 1 else ''}, {i.folded_bn} BN folded, "
+          f"{i.fused} conv+add+ReLU fused)")
+    peak = peak_tflops(torch.device(config.device), i.dtype)
+    print(f"ours:  {result.ours_tflops:10.3g} TFLOP/s achieved ({2 * result.macs_per_image / 1e6:.1f} MFLOP per image"
+          f"{f'; {100 * result.ours_tflops / peak:.1f}% of the {peak:g} TFLOP/s {i.dtype} peak' if peak else ''})")
     for notice in i.notices:
         print(f"notice: {notice}")
     if i.deviation:

@@ -1,16 +1,15 @@
-"""Loss and accuracy of a model at many points theta0 + sum_d c_d * direction_d, fast.
-
-Points are built on the device, BN is folded into the convolutions per point (torch.fx), the data
-stays resident, and K points share each forward under ``torch.func.vmap`` (a grouped convolution
-underneath) or, where that is slower or impossible, run one by one; ``evaluate_naive`` is the
-reference the engine is tested against.
+"""Loss and accuracy at many points theta0 + sum_d c_d * d_d: points built on the device, BN folded
+per point (torch.fx), data resident, K points per forward under vmap (GPU) or points in parallel
+threads (CPU). ``evaluate_naive`` is the per-point reference the engine is tested against.
 """
 from __future__ import annotations
 
 import copy
 import math
+import queue
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -25,7 +24,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
-from .fold import FoldPair, fold_batchnorm, fold_state, simplify_global_pool, trace
+from .fold import (FoldPair, fold_batchnorm, fold_state, fuse_conv_pointwise, onednn_fusion_available,
+                   simplify_global_pool, trace)
 
 State = dict[str, torch.Tensor]
 
@@ -46,10 +46,11 @@ class BatchingFallbackWarning(UserWarning):
 @dataclass(frozen=True)
 class EvalConfig:
     """How points are evaluated. Results do not depend on the speed settings (engine, batch_size,
-    points_per_pass, channels_last, compile) beyond float32 rounding; they do depend on dtype and
+    points_per_pass, channels_last, fuse_cpu, workers, compile) beyond float32 rounding; they do depend on dtype and
     bn_mode, and in the "batch"/"recalibrate" BN modes on ``stats_batch_size``.
 
-    engine: "auto" (batched on CUDA, loop on CPU, where grouped convolutions measured slower),
+    engine: "auto" (batched on CUDA; loop on CPU, where grouped convolutions measured slower than
+      points evaluated in parallel threads),
       "batched" (K points per forward under vmap; falls back to loop, with a warning, for modules
       vmap cannot batch), "loop" (one point per forward, still folded and device resident),
       "naive" (the reference: load_state_dict per point, unfolded model).
@@ -64,6 +65,11 @@ class EvalConfig:
       training mode, dropout and stochastic depth stay in eval).
     batch_size / points_per_pass: images and points per forward; None picks them from
       ``memory_budget`` bytes (None: ``memory_fraction`` of the device's free memory).
+    workers: the CPU loop engine evaluates this many points at once, each in its own thread with
+      one intra-op thread (None: ``torch.get_num_threads()``); small convolutions scale better
+      over independent points than over threads inside one op.
+    fuse_cpu: the CPU loop engine runs conv -> [+ residual] -> ReLU as one oneDNN convolution
+      with post-ops (:func:`landscapes.fold.fuse_conv_pointwise`), saving two passes over memory.
     """
 
     batch_size: int | None = None
@@ -75,9 +81,11 @@ class EvalConfig:
     calibration_samples: int | None = None  # "recalibrate": first N calibration images (None: all)
     fold_bn: bool = True
     channels_last: bool = True
+    fuse_cpu: bool = True                    # CPU loop engine: conv+add+ReLU as one oneDNN call
     memory_budget: int | None = None
     memory_fraction: float = 0.6
-    max_batch: int | None = None             # cap for automatic batch_size (None: 256 CPU, 1024 CUDA)
+    max_batch: int | None = None             # cap for automatic batch_size (None: 128 CPU, 1024 CUDA)
+    workers: int | None = None               # CPU loop: points in parallel threads (None: torch threads)
     compile: str | None = None               # torch.compile mode; "reduce-overhead" = CUDA graphs
     deviation_points: int = 3                # points re-run in float32 to measure a lower dtype
     progress: bool = False
@@ -89,7 +97,7 @@ class EvalConfig:
                 raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be None or one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
-        for name in ("batch_size", "points_per_pass", "calibration_samples", "memory_budget", "max_batch"):
+        for name in ("batch_size", "points_per_pass", "calibration_samples", "memory_budget", "max_batch", "workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
@@ -121,6 +129,8 @@ class EvalInfo:
     seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
     deviation: dict[str, float] | None = None  # lower dtype vs float32 at a few points
+    workers: int = 1            # threads evaluating points concurrently (CPU loop engine)
+    fused: int = 0              # convolutions with their add/ReLU fused (CPU loop engine)
 
     @property
     def image_evals_per_s(self) -> float:
@@ -410,6 +420,17 @@ def _activation_bytes(net: nn.Module, gm: fx.GraphModule | None, probe: torch.Te
     return max(1, math.ceil(4 * max(sizes, default=probe.numel() * probe.element_size()) / b))
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """NHWC images. With one channel, ``contiguous(channels_last)`` keeps NCHW strides, which are
+    also valid NHWC ones, and convolutions then pick NCHW for the whole network (measured 2x slower
+    on MNIST here); the explicit channel stride 1 makes them choose channels-last."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    if x.shape[1] == 1 and x.stride(1) != 1:
+        n, _, h, w = x.shape
+        x = torch.empty_strided(x.shape, (h * w, 1, w, 1), dtype=x.dtype, device=x.device).copy_(x)
+    return x
+
+
 def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for start in range(0, x.shape[0], size):
         yield x[start:start + size], y[start:start + size]
@@ -436,6 +457,53 @@ def _vmap_or_single(fn: Callable, in_dims: tuple, batched: bool) -> Callable:
     return single
 
 
+def _work_units(n_points: int, workers: int, n_batches: int, split_tail: bool = True
+                ) -> list[tuple[int, int, int]]:
+    """(point, first batch, stop batch) units for ``workers`` threads: whole points, except that the
+    points of an incomplete last round are cut into ``workers`` runs of batches each, so no thread
+    idles while another finishes them (5 points on 2 threads would otherwise run at 5/6 speed).
+    ``split_tail=False`` keeps points whole (when per-point preparation is costly)."""
+    whole = n_points - (n_points % workers if split_tail else 0)
+    units = [(i, 0, n_batches) for i in range(whole)]
+    parts = min(workers, n_batches)
+    for i in range(whole, n_points):
+        units += [(i, k * n_batches // parts, (k + 1) * n_batches // parts) for k in range(parts)]
+    return units
+
+
+class _Nets:
+    """The modules one thread evaluates with: functional_call swaps a module's tensors while it
+    runs, so concurrent threads each need their own (:meth:`replica`)."""
+
+    def __init__(self, eval_net: nn.Module, stats_net: nn.Module | None):
+        self.eval_net, self.stats_net = eval_net, stats_net
+        self.eval_names = set(eval_net.state_dict())
+        self.stats_bns = [] if stats_net is None else [m for m in stats_net.modules()
+                                                       if isinstance(m, _PointBatchNorm)]
+        self.stats_names = set() if stats_net is None else set(stats_net.state_dict())
+
+    def replica(self) -> _Nets:
+        return _Nets(copy.deepcopy(self.eval_net), copy.deepcopy(self.stats_net))
+
+    def forward(self, params: State, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.eval_net, params, (x,))
+
+    def collect(self, state: State, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per BN: summed batch means and unbiased variances over its calls in one forward, and
+        the number of calls (a BN applied twice contributes two batches, as in PyTorch)."""
+        sink: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for bn in self.stats_bns:
+            bn.sink = sink
+        try:
+            functional_call(self.stats_net, {k: v for k, v in state.items() if k in self.stats_names}, (x,))
+        finally:
+            for bn in self.stats_bns:
+                bn.sink = None
+        return {name: (sum(m for m, _ in calls), sum(v for _, v in calls),
+                       torch.tensor(float(len(calls)), device=x.device))
+                for name, calls in sink.items()}
+
+
 class Evaluator:
     """One model, center, directions and data set, prepared once, evaluated at any points.
 
@@ -443,11 +511,13 @@ class Evaluator:
     convolutions, and checks on a few images that vmap reproduces the per-point forward. Where fx
     cannot trace the model, BN stays unfolded; where vmap cannot batch it (data-dependent control
     flow such as adaptive ODE solvers), points run one at a time. Both emit a
-    :class:`BatchingFallbackWarning` and are listed in ``notices``.
+    :class:`BatchingFallbackWarning` and are listed in ``notices``. On CPU the loop engine runs
+    ``workers`` points concurrently. Not thread-safe itself: one Evaluator per calling thread.
     """
 
     def __init__(self, model: nn.Module, center: Mapping[str, torch.Tensor], directions: Sequence[State],
                  data, config: EvalConfig = EvalConfig(), *, calibration_data=None):
+        self.fused = 0
         _check_data(data)
         _check_state(model, center, directions)
         self.config, self.data, self.device = config, data, data.x.device
@@ -462,11 +532,14 @@ class Evaluator:
             t = t.detach().to(self.device)
             return t.contiguous(memory_format=layout) if t.dim() == 4 else t
 
-        self._x = resident(data.x)
+        def images(x: torch.Tensor) -> torch.Tensor:
+            return _channels_last(x.to(self.device)) if config.channels_last and x.dim() == 4 else resident(x)
+
+        self._x = images(data.x)
         self._calib: _Data | None = None
         if config.bn_mode == "recalibrate":
             calib = _calibration_data(data, calibration_data, config)
-            self._calib = _Data(resident(calib.x), calib.y.to(self.device))
+            self._calib = _Data(images(calib.x), calib.y.to(self.device))
         self.center: State = {k: resident(v) for k, v in center.items()}
         # key -> [(direction index, tensor)]; integer buffers cannot move and stay as in the center.
         self._terms: dict[str, list[tuple[int, torch.Tensor]]] = {}
@@ -486,6 +559,9 @@ class Evaluator:
             return
         self._build_nets(model)
         self.engine = self._pick_engine()
+        if (self.engine == "loop" and self.device.type == "cpu" and config.fuse_cpu and config.compile is None
+                and isinstance(self.nets.eval_net, fx.GraphModule) and onednn_fusion_available()):
+            self.fused = fuse_conv_pointwise(self.nets.eval_net)
 
     # -- preparation ------------------------------------------------------------------------------
 
@@ -509,23 +585,19 @@ class Evaluator:
 
         def prepared_copy(fold: bool) -> tuple[nn.Module, tuple[FoldPair, ...]]:
             if self.gm is None:
-                net, folds = copy.deepcopy(base), ()
-            else:
-                net = copy.deepcopy(self.gm)
-                simplify_global_pool(net)
-                folds = fold_batchnorm(net) if fold else ()
-            return net, folds
+                return copy.deepcopy(base), ()
+            net = copy.deepcopy(self.gm)
+            simplify_global_pool(net)
+            return net, fold_batchnorm(net) if fold else ()
 
-        fold = cfg.fold_bn and cfg.bn_mode in ("stored", "recalibrate")
-        self.eval_net, self.folds = prepared_copy(fold)
-        _swap_batchnorm(self.eval_net, "batch" if cfg.bn_mode == "batch" else "stored")
-        self._eval_names = set(self.eval_net.state_dict())
-        self.stats_net: nn.Module | None = None
-        self._stats_bns: list[_PointBatchNorm] = []
+        eval_net, self.folds = prepared_copy(cfg.fold_bn and cfg.bn_mode in ("stored", "recalibrate"))
+        _swap_batchnorm(eval_net, "batch" if cfg.bn_mode == "batch" else "stored")
+        stats_net = None
         if cfg.bn_mode == "recalibrate":
-            self.stats_net, _ = prepared_copy(False)
-            self._stats_bns = _swap_batchnorm(self.stats_net, "collect")
-            self._stats_names = set(self.stats_net.state_dict())
+            stats_net, _ = prepared_copy(False)
+            _swap_batchnorm(stats_net, "collect")
+        self.nets = _Nets(eval_net, stats_net)
+        self._replicas = [self.nets]
 
     def _notice(self, message: str) -> None:
         self.notices.append(message)
@@ -547,10 +619,10 @@ class Evaluator:
         n = min(len(self.data), self.config.stats_batch_size if self.config.bn_mode == "batch" else 8)
         coords = torch.zeros(2, self.n_dirs, dtype=torch.float64)
         coords[1] = 0.5
-        x = self._x[:n]
+        x, nets = self._x[:n], self.nets
         try:
             with torch.no_grad(), _precision("float32", self.device):
-                logits = [self._map(self._forward, (0, None), batched)(self._prepared(c, batched, x), x)
+                logits = [_vmap_or_single(nets.forward, (0, None), batched)(self._prepared(nets, c, batched, x), x)
                           for batched, c in ((True, coords), (False, coords[:1]), (False, coords[1:]))]
         except Exception as err:  # whatever vmap raises: data-dependent control flow, missing rules
             return _short(err)
@@ -566,8 +638,11 @@ class Evaluator:
             return f"batched logits differ from per-point logits by {diff:.3g} (scale {scale:.3g})"
         return None
 
-    def _map(self, fn: Callable, in_dims: tuple, batched: bool) -> Callable:
-        return _vmap_or_single(fn, in_dims, batched)
+    def workers(self, n_points: int) -> int:
+        """Threads evaluating points concurrently: CPU loop engine only (see EvalConfig.workers)."""
+        if self.engine != "loop" or self.device.type != "cpu" or self.config.compile is not None:
+            return 1
+        return max(1, min(self.config.workers or torch.get_num_threads(), n_points))
 
     # -- per-point math (pure, vmappable) -------------------------------------------------------------
 
@@ -591,30 +666,12 @@ class Evaluator:
         """eval_net's tensors for one point: BN folded where it applies."""
         if self.folds:
             state = fold_state(state, self.folds)
-        return {k: v for k, v in state.items() if k in self._eval_names}
+        return {k: v for k, v in state.items() if k in self.nets.eval_names}
 
-    def _forward(self, params: State, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.eval_net, params, (x,))
-
-    def _collect(self, state: State, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per BN: summed batch means and unbiased variances over its calls in one forward, and
-        the number of calls (a BN applied twice contributes two batches, as in PyTorch)."""
-        sink: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        for bn in self._stats_bns:
-            bn.sink = sink
-        try:
-            functional_call(self.stats_net, {k: v for k, v in state.items() if k in self._stats_names}, (x,))
-        finally:
-            for bn in self._stats_bns:
-                bn.sink = None
-        return {name: (sum(m for m, _ in calls), sum(v for _, v in calls),
-                       torch.tensor(float(len(calls)), device=x.device))
-                for name, calls in sink.items()}
-
-    def _recalibrate(self, state: State, dims: dict, batched: bool, calib_x: torch.Tensor
+    def _recalibrate(self, nets: _Nets, state: State, dims: dict, batched: bool, calib_x: torch.Tensor
                      ) -> tuple[State, dict]:
         """Each BN's running statistics become the average of its calibration batches' statistics."""
-        collect = self._map(self._collect, (dims, None), batched)
+        collect = _vmap_or_single(nets.collect, (dims, None), batched)
         totals: dict[str, list[torch.Tensor]] = {}
         for start in range(0, calib_x.shape[0], self.config.stats_batch_size):
             x = calib_x[start:start + self.config.stats_batch_size]
@@ -628,19 +685,21 @@ class Evaluator:
             dims[f"{name}.running_mean"] = dims[f"{name}.running_var"] = 0
         return state, dims
 
-    def _prepared(self, coords: torch.Tensor, batched: bool, calib_x: torch.Tensor | None = None) -> State:
+    def _prepared(self, nets: _Nets, coords: torch.Tensor, batched: bool, calib_x: torch.Tensor | None = None
+                  ) -> State:
         """eval_net's tensors for K points, each with a leading K dim (``calib_x``: calibration
         images for bn_mode "recalibrate", default the configured calibration data)."""
         state, dims = self._states(coords)
         if self.config.bn_mode == "recalibrate":
             calib_x = self._calib.x if calib_x is None else calib_x
-            state, dims = self._recalibrate(state, dims, batched, calib_x)
-        return self._map(self._eval_params, (dims,), batched)(state)
+            state, dims = self._recalibrate(nets, state, dims, batched, calib_x)
+        return _vmap_or_single(self._eval_params, (dims,), batched)(state)
 
     # -- sizes ----------------------------------------------------------------------------------------
 
     def pass_size(self, n_points: int) -> tuple[int, int]:
-        """(points, images) per forward for ``n_points`` points: from the config, else from memory."""
+        """(points, images) per forward for ``n_points`` points: from the config, else from memory
+        (shared by the concurrent CPU workers)."""
         if n_points in self._sizes:
             return self._sizes[n_points]
         cfg = self.config
@@ -651,16 +710,16 @@ class Evaluator:
         elif fixed_batch is not None and points is not None:
             sizes = (min(points, n_points), min(fixed_batch, len(self.data)))
         else:
-            budget = cfg.memory_budget or memory_budget(self.device, cfg.memory_fraction)
+            budget = (cfg.memory_budget or memory_budget(self.device, cfg.memory_fraction)) // self.workers(n_points)
             # A point holds its moved weights, their folded copies and vmap's reshaped copies.
             point_bytes = 3 * sum(v.numel() * v.element_size() for v in self.center.values())
             if self._image_bytes is None:  # x2: workspaces, allocator slack, vmap's layout copies
                 with torch.no_grad(), _precision(cfg.dtype, self.device):
-                    self._image_bytes = 2 * _activation_bytes(self.eval_net, self.gm,
+                    self._image_bytes = 2 * _activation_bytes(self.nets.eval_net, self.gm,
                                                               self._x[: min(len(self.data), 4)], self.device)
-            image_bytes = self._image_bytes
-            max_batch = cfg.max_batch or (1024 if self.device.type == "cuda" else 256)
-            sizes = choose_pass_size(n_points, len(self.data), point_bytes, image_bytes, budget,
+            # CPU: one thread per point works best on batches that stay in cache (measured, RESULTS.md).
+            max_batch = cfg.max_batch or (1024 if self.device.type == "cuda" else 128)
+            sizes = choose_pass_size(n_points, len(self.data), point_bytes, self._image_bytes, budget,
                                      batch_size=fixed_batch, points_per_pass=points, max_batch=max_batch)
         self._sizes[n_points] = sizes
         return sizes
@@ -677,16 +736,20 @@ class Evaluator:
         dtype = dtype or self.config.dtype
         start = time.perf_counter()
         k_pass, b = self.pass_size(coords.shape[0])
+        workers = 1
         if self.engine == "naive":
             loss, acc = evaluate_naive(self.model, self.center, self.directions, coords, self.data, self.config,
                                        calibration_data=self._calib)
+        elif self.workers(coords.shape[0]) > 1:
+            workers = self.workers(coords.shape[0])
+            loss, acc = self._run_parallel(coords, b, dtype, workers)
         else:
             loss, acc, k_pass, b = self._run(coords, k_pass, b, dtype)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         info = EvalInfo(self.engine, str(self.device), dtype, self.config.bn_mode, coords.shape[0], len(self.data),
                         b, k_pass, len(self.folds), self.gm is not None, time.perf_counter() - start,
-                        list(self.notices))
+                        list(self.notices), workers=workers, fused=self.fused)
         return loss, acc, info
 
     def _run(self, coords: torch.Tensor, k_pass: int, b: int, dtype: str
@@ -708,7 +771,7 @@ class Evaluator:
                 while first < n_points:
                     c = coords[first:first + k_pass]
                     try:
-                        chunk_loss, chunk_correct = self._chunk(c, k_pass, b, batched)
+                        chunk_loss, chunk_correct = self._chunk(self.nets, c, k_pass, b, batched)
                     except torch.OutOfMemoryError:
                         if self.device.type == "cuda":
                             torch.cuda.empty_cache()
@@ -729,17 +792,68 @@ class Evaluator:
             bar.close()
         return (loss / n).cpu(), (100.0 * correct.double() / n).cpu(), k_pass, b
 
-    def _chunk(self, c: torch.Tensor, k_pass: int, b: int, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed cross-entropy (float64) and correct counts of the points ``c`` over all data."""
+    def _run_parallel(self, coords: torch.Tensor, b: int, dtype: str, workers: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CPU: ``workers`` threads, one point each at a time, one intra-op thread each.
+
+        Small convolutions scale poorly over intra-op threads, and on a shared machine OpenMP
+        threads waiting at barriers for a descheduled sibling cost several-fold (RESULTS.md);
+        independent points need no synchronisation. Each thread gets its own module replica,
+        since functional_call swaps a module's tensors while it runs.
+        """
+        n_points, n = coords.shape[0], len(self.data)
+        while len(self._replicas) < workers:
+            self._replicas.append(self.nets.replica())
+        free: queue.SimpleQueue[_Nets] = queue.SimpleQueue()
+        for nets in self._replicas[:workers]:
+            free.put(nets)
+        n_batches = -(-n // b)
+        units = _work_units(n_points, workers, n_batches, split_tail=self.config.bn_mode != "recalibrate")
+
+        def run(unit: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+            i, first, stop = unit
+            nets = free.get()
+            try:
+                with torch.no_grad(), _precision(dtype, self.device):  # both are thread-local
+                    return self._chunk(nets, coords[i:i + 1], 1, b, False, images=slice(first * b, stop * b))
+            finally:
+                free.put(nets)
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # read by each new worker thread when it first runs an op
+        bar = tqdm(total=n_points, unit="pt", desc="evaluate", disable=None if self.config.progress else True,
+                   leave=False)
+        loss = torch.zeros(n_points, dtype=torch.float64)
+        correct = torch.zeros(n_points, dtype=torch.int64)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = {pool.submit(run, unit): unit for unit in units}
+                for future in as_completed(futures):
+                    future.result()
+                    _, first, stop = futures[future]
+                    bar.update((stop - first) / n_batches)
+            for future, (i, _, _) in futures.items():  # summed in unit order: the same result every run
+                part_loss, part_correct = future.result()
+                loss[i] += part_loss.cpu()[0]
+                correct[i] += part_correct.cpu()[0]
+        finally:
+            torch.set_num_threads(threads)
+            bar.close()
+        return loss / n, 100.0 * correct.double() / n
+
+    def _chunk(self, nets: _Nets, c: torch.Tensor, k_pass: int, b: int, batched: bool, images: slice = slice(None)
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy (float64) and correct counts of the points ``c`` over the data
+        (``images``: a range of it, starting at a multiple of ``b``)."""
         k = c.shape[0]
         static = self.config.compile is not None  # fixed shapes (CUDA graphs): pad chunk and batch
         if static and batched and k < k_pass:
             c = torch.cat([c, c[-1:].expand(k_pass - k, -1)])
-        fwd = self._forward_fn(batched)
-        params = self._prepared(c, batched)
+        fwd = self._forward_fn(nets, batched)
+        params = self._prepared(nets, c, batched)
         loss = torch.zeros(k, dtype=torch.float64, device=self.device)
         correct = torch.zeros(k, dtype=torch.int64, device=self.device)
-        for x, y in _batches(self._x, self.data.y, b):
+        for x, y in _batches(self._x[images], self.data.y[images], b):
             valid = x.shape[0]
             if static and valid < b:
                 x = torch.cat([x, x[-1:].expand((b - valid,) + x.shape[1:])])
@@ -749,9 +863,9 @@ class Evaluator:
             correct += (out.argmax(-1) == y).sum(1)
         return loss, correct
 
-    def _forward_fn(self, batched: bool) -> Callable:
+    def _forward_fn(self, nets: _Nets, batched: bool) -> Callable:
         """The (vmapped) forward, compiled once per Evaluator when config.compile is set."""
-        fwd = self._map(self._forward, (0, None), batched)
+        fwd = _vmap_or_single(nets.forward, (0, None), batched)
         if self.config.compile is None:
             return fwd
         if batched not in self._compiled:

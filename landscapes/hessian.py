@@ -387,63 +387,42 @@ class HessianScanConfig:
 HESSIAN_VALUES = ("max_eig", "min_eig", "hessian_hvps", "hessian_converged")
 
 
+# Attributes of a loss scan that say how losses were evaluated: a Hessian map has its own.
+_LOSS_ONLY = ("dtype", "bn_mode", "stats_batch_size", "calibration_samples", "eval_config", "world_size")
+
+
 def hessian_scan(config: HessianScanConfig) -> Surface:
     """Compute (or continue) a Hessian map; returns the surface as written.
 
-    Reuses ``landscapes.scan``'s checkpoint, data and direction handling, so a map made with the
-    same --checkpoint/--dir-file/--x/--y lies on exactly the plane of the loss surface.
+    Model, data, directions and grid come from :func:`landscapes.scan.prepare_scan`, so a map made
+    with the same --checkpoint/--dir-file/--x/--y lies on exactly the plane of the loss surface.
     """
-    from models import load_checkpoint
-    from models.checkpoint import package_version, sha256
-
-    from . import scan as sc
-    from .directions import directions_digest, save_directions
+    from .scan import grid_coords, prepare_scan
     from .surface import SurfaceStore, read_surface
 
     cfg, hcfg = config.scan, config.hessian
-    device = sc._device(cfg, 1)
-    ck_path = sc._resolve_checkpoint(cfg)
-    model, meta = load_checkpoint(ck_path, name=cfg.model_name)
-    model.eval()
-    spec_kwargs = dict(model.spec.kwargs)
-    data, data_kwargs = sc._load_data(cfg, meta, spec_kwargs.get("num_classes", 10), spec_kwargs.get("in_channels", 3))
-    directions, dir_meta = sc._directions(cfg, model, None)
-    digest = directions_digest(directions)
+    setup = prepare_scan(cfg)
     hess = {k: getattr(hcfg, k) for k in ("method", "params", "tol", "max_iter", "dtype", "seed", "batch_size")}
-    identity = {"model": cfg.model_name, "model_kwargs": spec_kwargs, "checkpoint_sha256": sha256(ck_path),
-                "dataset": cfg.dataset, "data_kwargs": data_kwargs, "split": cfg.split, "samples": cfg.samples,
-                "x": [cfg.x.start, cfg.x.stop, cfg.x.num],
-                "y": None if cfg.y is None else [cfg.y.start, cfg.y.stop, cfg.y.num],
-                "directions_sha256": digest, "dir_type": dir_meta["dir_type"], "hessian": hess}
-    attrs = {"model": cfg.model_name, "model_kwargs": spec_kwargs, "checkpoint": str(ck_path),
-             "checkpoint_sha256": identity["checkpoint_sha256"], "dataset": cfg.dataset, "data_kwargs": data_kwargs,
-             "split": cfg.split, "samples": cfg.samples, "seed": cfg.seed, "dir_type": dir_meta["dir_type"],
-             "xnorm": cfg.xnorm, "xignore": cfg.xignore, "ynorm": cfg.ynorm, "yignore": cfg.yignore,
-             "directions_sha256": digest, "directions_source": dir_meta["directions_source"],
-             "directions_meta": dir_meta["directions_meta"], "hessian_method": hcfg.method,
-             "hessian_params": hcfg.params, "hessian_tol": hcfg.tol, "hessian_max_iter": hcfg.max_iter,
-             "dtype": hcfg.dtype, "device": str(device), "version": package_version(),
-             "torch_version": str(torch.__version__), "kind": "hessian"}
-    x, y = cfg.x.coordinates(), None if cfg.y is None else cfg.y.coordinates()
+    identity = {k: v for k, v in setup.identity.items() if k not in _LOSS_ONLY} | {"hessian": hess}
+    attrs = {k: v for k, v in setup.attrs.items() if k not in _LOSS_ONLY} | {
+        "hessian_method": hcfg.method, "hessian_params": hcfg.params, "hessian_tol": hcfg.tol,
+        "hessian_max_iter": hcfg.max_iter, "dtype": hcfg.dtype, "kind": "hessian"}
+    x, y = setup.x, setup.y
     store = SurfaceStore.open(cfg.out_path, x, y, HESSIAN_VALUES, identity, attrs, dir_file=str(cfg.dir_path),
                               force=cfg.force, flush_seconds=cfg.flush_seconds)
     try:
-        if "save" in dir_meta:
-            save_directions(cfg.dir_path, directions, model, dir_meta["dir_type"], meta=dir_meta["save"])
-        store.begin_run(device=str(device), method=hcfg.method)
-        model.to(device)
-        center = {k: v.detach().to(device, copy=True) for k, v in model.state_dict().items()}
-        dev_dirs = [{k: v.to(device) for k, v in d.items()} for d in directions]
-        split_data = data[cfg.split].to(device)
+        setup.save_directions()
+        store.begin_run(device=str(setup.device), method=hcfg.method)
+        center, directions, data = setup.on_device()
         todo = store.todo()
-        coords = sc._grid_coords(x, y, todo)
 
         def record(k: int, r: EigResult) -> None:
             store.record(todo[k:k + 1], {"max_eig": [r.max_eig], "min_eig": [r.min_eig], "hessian_hvps": [r.hvps],
                                          "hessian_converged": [float(r.converged)]}, r.seconds)
 
         if len(todo):
-            hessian_map(model, center, dev_dirs, coords, split_data, replace(hcfg, progress=cfg.progress), record)
+            hessian_map(setup.model, center, directions, grid_coords(x, y, todo), data[cfg.split],
+                        replace(hcfg, progress=cfg.progress), record)
         store.flush()
     finally:
         store.close()
@@ -456,7 +435,7 @@ def build_parser():
     from models.data import DATASETS
 
     from .directions import IGNORES, NORMS
-    from .scan import _AXIS_HELP, _axis_arg
+    from .scan import AXIS_HELP, axis_arg
 
     p = argparse.ArgumentParser(prog="python -m landscapes.hessian",
                                 description="Map the top and bottom Hessian eigenvalues over a 1-D or 2-D grid "
@@ -470,8 +449,8 @@ def build_parser():
     g.add_argument("--data-root", default="data")
     g.add_argument("--split", default="train", choices=("train", "test"))
     g.add_argument("--samples", type=int, default=256, help="fixed subset: the first N images of the split")
-    g.add_argument("--x", type=_axis_arg("x"), default="-1:1:11", help=_AXIS_HELP)
-    g.add_argument("--y", type=_axis_arg("y"), help="as --x; omit for a 1-D map")
+    g.add_argument("--x", type=axis_arg("x"), default="-1:1:11", help=AXIS_HELP)
+    g.add_argument("--y", type=axis_arg("y"), help="as --x; omit for a 1-D map")
     g.add_argument("--xnorm", default="filter", choices=NORMS)
     g.add_argument("--xignore", default="biasbn", choices=IGNORES)
     g.add_argument("--ynorm", default="filter", choices=NORMS)
@@ -499,9 +478,9 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> None:
     import sys
 
-    from .scan import ScanConfig, _glue_grid_args
+    from .scan import ScanConfig, glue_grid_args
 
-    args = build_parser().parse_args(_glue_grid_args(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(glue_grid_args(sys.argv[1:] if argv is None else argv))
     try:
         hcfg = HessianConfig(method=args.method, params=args.params, tol=args.tol, max_iter=args.max_iter,
                              batch_size=args.batch_size, dtype=args.dtype, seed=args.start_seed,

@@ -32,13 +32,13 @@ from .evaluate import BN_MODES, COMPILE_MODES, DTYPES, ENGINES, EvalConfig, Eval
 from .surface import Surface, SurfaceConflictError, SurfaceStore, read_surface
 
 __all__ = ["Axis", "parse_axis", "ScanConfig", "ScanResult", "ScanSetup", "prepare_scan", "compute_surface", "scan",
-           "main", "SPLITS"]
+           "main", "grid_coords", "axis_arg", "glue_grid_args", "AXIS_HELP", "SPLITS"]
 
 SPLITS = ("train", "test", "both")
 # EvalInfo fields that describe how every chunk ran (not one chunk's timing).
 _INFO_ATTRS = ("engine", "device", "dtype", "bn_mode", "images", "batch_size", "points_per_pass", "folded_bn",
-               "traced", "notices")
-_AXIS_HELP = "START:STOP:NUM, e.g. -1:1:51 (NUM points from START to STOP, both included)"
+               "traced", "notices", "workers", "fused")
+AXIS_HELP = "START:STOP:NUM, e.g. -1:1:51 (NUM points from START to STOP, both included)"
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,15 @@ def parse_axis(spec: str | Axis, name: str = "x") -> Axis:
         return spec
     parts = str(spec).split(":")
     if len(parts) != 3:
-        raise ValueError(f"--{name} {spec!r}: expected {_AXIS_HELP}")
+        raise ValueError(f"--{name} {spec!r}: expected {AXIS_HELP}")
     try:
         start, stop = float(parts[0]), float(parts[1])
     except ValueError:
-        raise ValueError(f"--{name} {spec!r}: START and STOP must be numbers; expected {_AXIS_HELP}") from None
+        raise ValueError(f"--{name} {spec!r}: START and STOP must be numbers; expected {AXIS_HELP}") from None
     try:
         num = int(parts[2])
     except ValueError:
-        raise ValueError(f"--{name} {spec!r}: NUM must be a whole number of points; expected {_AXIS_HELP}") from None
+        raise ValueError(f"--{name} {spec!r}: NUM must be a whole number of points; expected {AXIS_HELP}") from None
     try:
         return Axis(start, stop, num)
     except ValueError as err:
@@ -227,7 +227,7 @@ def _default_chunk_size(points: int) -> int:
     return max(1, min(64, math.ceil(points / 16)))
 
 
-def _grid_coords(x: np.ndarray, y: np.ndarray | None, index: np.ndarray) -> torch.Tensor:
+def grid_coords(x: np.ndarray, y: np.ndarray | None, index: np.ndarray) -> torch.Tensor:
     """Coordinates (K, D) of flat indices k = iy * nx + ix (the reference's meshgrid order)."""
     if y is None:
         return torch.from_numpy(x[index][:, None].astype(np.float64))
@@ -318,7 +318,7 @@ def _compute_chunk(evaluators: Mapping[str, Evaluator], x: np.ndarray, y: np.nda
     """Evaluate one chunk of flat indices on every split: (index, values, seconds per point, info)."""
     if not len(index):
         return index, {}, 0.0, None
-    coords = _grid_coords(x, y, index)
+    coords = grid_coords(x, y, index)
     start = time.perf_counter()
     values: dict[str, np.ndarray] = {}
     info = None
@@ -337,7 +337,7 @@ def _deviation(evaluators: Mapping[str, Evaluator], store: SurfaceStore, x: np.n
     index = done[np.unique(np.linspace(0, len(done) - 1, min(points, len(done))).round().astype(int))]
     loss = torch.from_numpy(store.values[f"{split}_loss"][index])
     acc = torch.from_numpy(store.values[f"{split}_acc"][index])
-    dev = evaluator.deviation(_grid_coords(x, y, index), loss, acc, n_points=len(index))
+    dev = evaluator.deviation(grid_coords(x, y, index), loss, acc, n_points=len(index))
     return {f"eval_deviation_{k}": v for k, v in dev.items()}
 
 
@@ -613,7 +613,7 @@ def scan(config: ScanConfig) -> ScanResult:
 # CLI
 # --------------------------------------------------------------------------------------------
 
-def _axis_arg(name: str):
+def axis_arg(name: str):
     def parse(text: str) -> Axis:
         try:
             return parse_axis(text, name)
@@ -639,8 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default=ScanConfig.split, choices=SPLITS)
     g.add_argument("--samples", type=int, help="the first N images of the split, in data set order")
     g = p.add_argument_group("grid and directions")
-    g.add_argument("--x", type=_axis_arg("x"), default=ScanConfig.x, help=_AXIS_HELP)
-    g.add_argument("--y", type=_axis_arg("y"), help="as --x; omit for a 1-D scan")
+    g.add_argument("--x", type=axis_arg("x"), default=ScanConfig.x, help=AXIS_HELP)
+    g.add_argument("--y", type=axis_arg("y"), help="as --x; omit for a 1-D scan")
     g.add_argument("--dir-type", choices=DIR_TYPES, help="weights, or states (BN statistics too); "
                    "default: states with --model2, else weights")
     g.add_argument("--xnorm", default=ScanConfig.xnorm, choices=NORMS)
@@ -684,7 +684,7 @@ def _init_distributed(device: str) -> bool:
     return True
 
 
-def _glue_grid_args(argv: Sequence[str]) -> list[str]:
+def glue_grid_args(argv: Sequence[str]) -> list[str]:
     """``--x -1:1:51`` -> ``--x=-1:1:51``: argparse would take "-1:1:51" for an option."""
     out: list[str] = []
     it = iter(argv)
@@ -698,7 +698,7 @@ def _glue_grid_args(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = vars(build_parser().parse_args(_glue_grid_args(sys.argv[1:] if argv is None else argv)))
+    args = vars(build_parser().parse_args(glue_grid_args(sys.argv[1:] if argv is None else argv)))
     from models.registry import parse_key_values  # one parser for KEY=VALUE options across CLIs
     started = _init_distributed(args["device"])
     rank, world = _world()

@@ -3,6 +3,7 @@
 fx cannot handle, the memory-aware pass-size chooser, the precision report and the bench."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import os
@@ -114,6 +115,29 @@ def test_engine_matches_naive_1d(name, bn_mode):
     flat = COORDS_1D[:, 0]  # (K,) is accepted for one direction
     assert_close(*evaluate_points(model, center, dirs, flat, data, EvalConfig(
         engine="batched", bn_mode=bn_mode, stats_batch_size=6, points_per_pass=3, batch_size=7)), *ref)
+
+
+@pytest.mark.parametrize("bn_mode", ["stored", "batch", "recalibrate"])
+def test_parallel_cpu_workers_match_naive(bn_mode):
+    """Points spread over threads (each with its own module replica) give the per-point results."""
+    model = trained_like(models.build("resnet8", shortcut="B"))
+    center, dirs, data = model.state_dict(), directions(model, 2), tiny_data(12)
+    config = EvalConfig(engine="loop", workers=3, bn_mode=bn_mode, stats_batch_size=4, batch_size=5)
+    threads = torch.get_num_threads()
+    loss, acc, info = evaluate_points(model, center, dirs, COORDS_2D, data, config, return_info=True)
+    assert info.workers == 3 and torch.get_num_threads() == threads
+    assert_close(loss, acc, *evaluate_naive(model, center, dirs, COORDS_2D, data, config))
+
+
+@pytest.mark.parametrize("points, workers, batches", [(5, 2, 16), (4, 3, 3), (6, 2, 5), (1, 4, 2), (7, 3, 1)])
+def test_work_units_cover_each_batch_once_and_balance_the_tail(points, workers, batches):
+    from landscapes.evaluate import _work_units
+    units = _work_units(points, workers, batches)
+    covered = sorted((i, k) for i, first, stop in units for k in range(first, stop))
+    assert covered == [(i, k) for i in range(points) for k in range(batches)]
+    tail = [stop - first for i, first, stop in units if i >= points - points % workers]
+    assert not tail or max(tail) - min(tail) <= 1  # the last round is shared evenly
+    assert all(stop - first == batches for _, first, stop in _work_units(points, workers, batches, split_tail=False))
 
 
 def test_recalibrate_with_separate_calibration_subset():
@@ -283,10 +307,10 @@ def test_memory_budget_limits_the_engine():
 class TinyDevice(Evaluator):
     """An Evaluator whose device 'runs out of memory' above 6 image-evaluations per forward."""
 
-    def _chunk(self, c, k_pass, b, batched):
+    def _chunk(self, nets, c, k_pass, b, batched):
         if k_pass * b > 6:
             raise torch.OutOfMemoryError("simulated")
-        return super()._chunk(c, k_pass, b, batched)
+        return super()._chunk(nets, c, k_pass, b, batched)
 
 
 def test_out_of_memory_halves_the_pass_and_continues():
@@ -380,3 +404,52 @@ def test_naive_engine_option_is_the_reference():
     assert info.engine == "naive" and info.folded_bn == 0
     ref = evaluate_naive(model, center, dirs, COORDS_2D[:2], data)
     assert torch.equal(loss, ref[0]) and torch.equal(acc, ref[1])
+
+
+def test_single_channel_images_stay_channels_last():
+    """MNIST-like input: the first convolution's output must come out NHWC (the fast path)."""
+    from landscapes.evaluate import _channels_last
+    x = _channels_last(torch.randn(4, 1, 6, 6))
+    assert x.stride(1) == 1 and torch.equal(x, x.contiguous())
+    w = torch.randn(5, 1, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert F.conv2d(x, w, padding=1).is_contiguous(memory_format=torch.channels_last)
+
+
+class ResidualReadTwice(nn.Module):
+    """The block input is read again after the residual add, so the add must not overwrite it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = F.relu(self.stem(x))
+        return F.relu(self.conv(y) + y) * y.sum()
+
+
+@pytest.mark.parametrize("name, count", [("resnet8", 7), ("resnet8_B", 7), ("resnet8_noshort", 7),
+                                         ("vgg9", 7), ("reads_twice", 1)])
+def test_fused_convolutions_match_unfused(name, count):
+    """conv+add+ReLU fused by oneDNN gives the unfused output, also under autograd, which it leaves
+    unfused; a residual read after the add is left alone."""
+    from landscapes.fold import FusedConv2d, fuse_conv_pointwise, onednn_fusion_available
+    if not onednn_fusion_available():
+        pytest.skip("this torch build has no oneDNN")
+    model = {"resnet8_B": lambda: models.build("resnet8", shortcut="B"),
+             "reads_twice": ResidualReadTwice}.get(name, lambda: models.build(name))()
+    gm = trace(trained_like(model))
+    fold_batchnorm(gm)
+    fused = copy.deepcopy(gm)
+    assert fuse_conv_pointwise(fused) == count
+    assert sum(isinstance(m, FusedConv2d) for m in fused.modules()) == count
+    assert set(fused.state_dict()) == set(gm.state_dict())  # functional_call keys are unchanged
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = gm(x)
+        assert torch.allclose(fused(x), ref, rtol=1e-5, atol=1e-6 * ref.abs().max())
+    x.requires_grad_(True)
+    fused(x).sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    gm(x).sum().backward()
+    assert torch.allclose(grad, x.grad, rtol=1e-5, atol=1e-6 * x.grad.abs().max())
