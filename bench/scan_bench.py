@@ -12,6 +12,7 @@ import copy
 import datetime
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -28,9 +29,9 @@ from landscapes.evaluate import COMPILE_MODES, DTYPES, ENGINES, EvalConfig, Eval
 from models.data import DATASETS, DataNotFoundError, DeviceData, load_split
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = ("| date | machine | torch | model | data | grid | images | device | dtype | engine (K x B) | "
+HEADER = ("| date | code | machine | torch | model | data | grid | images | device | dtype | engine (K x B) | "
           "naive img/s | ours img/s (TFLOP/s) | ratio | max rel. loss diff | arguments |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,17 @@ def peak_tflops(device: torch.device, dtype: str) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peaks[dtype] for gpu, peaks in PEAK_TFLOPS.items() if gpu in name), None)
+
+
+def code_version() -> str:
+    """The commit the engine was timed at (``-dirty``: with uncommitted changes), so rows of
+    different engine versions can be told apart."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def machine_name(device: torch.device) -> str:
@@ -218,10 +230,12 @@ def append_result(path: str | os.PathLike, config: BenchConfig, result: BenchRes
     device = torch.device(config.device)
     i = result.info
     threads = (f", {i.workers} threads" if i.workers > 1 else "") + (f", {i.fused} fused" if i.fused else "")
-    row = (f"| {datetime.date.today()} | {machine_name(device)} | {torch.__version__} | {config.model} | "
-           f"{config.dataset} | {config.grid}x{config.grid} | {config.samples} | {device.type} | {i.dtype} | "
-           f"{i.engine} ({i.points_per_pass} x {i.batch_size}{threads}) | {result.naive_rate:.0f} | "
-           f"{result.ours_rate:.0f} ({result.ours_tflops:.3g}) | {result.ratio:.2f} | {result.max_rel_diff:.1e} | `{arguments}` |\n")
+    cells = [datetime.date.today(), code_version(), machine_name(device), torch.__version__, config.model,
+             config.dataset, f"{config.grid}x{config.grid}", config.samples, device.type, i.dtype,
+             f"{i.engine} ({i.points_per_pass} x {i.batch_size}{threads})", f"{result.naive_rate:.0f}",
+             f"{result.ours_rate:.0f} ({result.ours_tflops:.3g})", f"{result.ratio:.2f}", f"{result.max_rel_diff:.1e}",
+             f"`{arguments}`"]
+    row = "| " + " | ".join(map(str, cells)) + " |\n"
     new = not path.exists() or "| date |" not in path.read_text()
     with open(path, "a") as f:
         if new:

@@ -10,7 +10,6 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchdiffeq import odeint, odeint_adjoint
 
 from .blocks import DropMode, DropPath, linear_decay
 from .registry import register
@@ -166,8 +165,10 @@ class ODEBlock(CountedField):
         kw: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=options)
         start = self._begin()
         if self.adjoint:
+            from torchdiffeq import odeint_adjoint  # lazily: torchdiffeq imports scipy (~0.5 s)
             y = odeint_adjoint(self.field, x, t, adjoint_params=tuple(self.func.parameters()), **kw)
         else:
+            from torchdiffeq import odeint
             y = odeint(self.field, x, t, **kw)
         self._end(start)
         return y[-1]

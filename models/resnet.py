@@ -25,6 +25,9 @@ class ResNet(nn.Module):
                  drop_path: float = 0.0, drop_mode: DropMode = "row", drop_scale_at: str = "test"):
         super().__init__()
         check_shortcut(shortcut)
+        if shortcut is None and drop_path > 0:
+            raise ValueError(f"drop_path={drop_path} needs skip connections: stochastic depth drops a block's branch "
+                             f"and keeps its shortcut, and a plain (noshort) net has none; use drop_path=0")
         if stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem must be 'cifar' (3x3) or 'imagenet' (7x7 + max-pool), got {stem!r}")
         block_cls = BLOCKS[block]

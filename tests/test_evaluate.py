@@ -371,16 +371,19 @@ def test_real_mnist_subset():
                  *evaluate_naive(model, center, dirs, COORDS_2D, data))
 
 
-def test_bench_runs_both_loops_and_prints_ratio_last(capsys):
+def test_bench_runs_both_loops_and_prints_ratio_last(capsys, tmp_path):
     spec = importlib.util.spec_from_file_location("scan_bench", ROOT / "bench" / "scan_bench.py")
     bench = importlib.util.module_from_spec(spec)
     sys.modules["scan_bench"] = bench
     spec.loader.exec_module(bench)
     coords = bench.grid_coords(3)
     assert coords[:3, 1].eq(-1).all() and coords[:3, 0].tolist() == [-1.0, 0.0, 1.0]  # x fastest
-    assert bench.main(["--model", "resnet8", "--grid", "2", "--samples", "12", "--no-append"]) == 0
+    results = tmp_path / "RESULTS.md"
+    assert bench.main(["--model", "resnet8", "--grid", "2", "--samples", "12", "--results", str(results)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
+    header, _, row = results.read_text().strip().splitlines()  # a new file gets the header first
+    assert header.count("|") == row.count("|") and f"| {lines[-1].split()[1]} |" in row
     diff = next(line for line in lines if line.startswith("max relative loss difference"))
     assert float(diff.split()[-1]) < RTOL
 

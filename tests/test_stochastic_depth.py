@@ -141,3 +141,5 @@ def test_bad_options_are_rejected_with_what_is_accepted():
         DropPath(0.1, mode="rows")
     with pytest.raises(ValueError, match="\\[0, 1\\)"):
         models.build("resnet20", drop_path=1.0)
+    with pytest.raises(ValueError, match="noshort"):  # a plain net has no shortcut to keep
+        models.build("resnet20_noshort", drop_path=0.2)
