@@ -68,6 +68,8 @@ class EvalConfig:
     workers: the CPU loop engine evaluates this many points at once, each in its own thread with
       one intra-op thread (None: ``torch.get_num_threads()``); small convolutions scale better
       over independent points than over threads inside one op.
+    channels_last: NHWC images and weights for models torch.fx can trace (the others keep their
+      own layout, as the naive loop runs them).
     fuse_cpu: the CPU loop engine runs conv -> [+ residual] -> ReLU as one oneDNN convolution
       with post-ops (:func:`landscapes.fold.fuse_conv_pointwise`), saving two passes over memory.
     """
@@ -526,14 +528,22 @@ class Evaluator:
                              f"use 'float32' or 'bfloat16'")
         self.model, self.n_dirs = model, len(directions)
         self.notices: list[str] = []
-        layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.gm: fx.GraphModule | None = None
+        self.folds: tuple[FoldPair, ...] = ()
+        if config.engine != "naive":
+            self._build_nets(model)
+        # Untraceable models run as the reference runs them: their own layout. (Adaptive ODE
+        # solvers, the usual reason, can turn the rounding of another layout into a different
+        # step sequence and a visibly different loss.)
+        channels_last = config.channels_last and self.gm is not None
+        layout = torch.channels_last if channels_last else torch.contiguous_format
 
         def resident(t: torch.Tensor) -> torch.Tensor:
             t = t.detach().to(self.device)
             return t.contiguous(memory_format=layout) if t.dim() == 4 else t
 
         def images(x: torch.Tensor) -> torch.Tensor:
-            return _channels_last(x.to(self.device)) if config.channels_last and x.dim() == 4 else resident(x)
+            return _channels_last(x.to(self.device)) if channels_last and x.dim() == 4 else resident(x)
 
         self._x = images(data.x)
         self._calib: _Data | None = None
@@ -555,9 +565,8 @@ class Evaluator:
         self._image_bytes: int | None = None
         self._compiled: dict[bool, Callable] = {}
         if config.engine == "naive":
-            self.engine, self.gm, self.folds = "naive", None, ()
+            self.engine = "naive"
             return
-        self._build_nets(model)
         self.engine = self._pick_engine()
         if (self.engine == "loop" and self.device.type == "cpu" and config.fuse_cpu and config.compile is None
                 and isinstance(self.nets.eval_net, fx.GraphModule) and onednn_fusion_available()):
@@ -572,8 +581,6 @@ class Evaluator:
         cfg = self.config
         base = copy.deepcopy(model).to(self.device).eval()
         has_bn = bool(_bn_layers(base))
-        self.gm: fx.GraphModule | None = None
-        self.folds: tuple[FoldPair, ...] = ()
         try:
             self.gm = trace(base)
         except Exception as err:  # fx raises many types for untraceable Python

@@ -115,17 +115,22 @@ def fold_state(state: Mapping[str, torch.Tensor], pairs: tuple[FoldPair, ...]) -
     """
     out = dict(state)
     for p in pairs:
-        mean, var = state[f"{p.bn}.running_mean"], state[f"{p.bn}.running_var"]
-        scale = torch.rsqrt(var + p.eps)
-        if p.bn_affine:
-            scale = state[f"{p.bn}.weight"] * scale
         weight = state[f"{p.layer}.weight"]
-        shift = state[f"{p.layer}.bias"] - mean if p.layer_bias else -mean
+
+        def wide(key: str) -> torch.Tensor:  # fold in float64: one rounding, at the end
+            return state[key].double() if state[key].dtype == torch.float32 else state[key]
+
+        scale = torch.rsqrt(wide(f"{p.bn}.running_var") + p.eps)
+        if p.bn_affine:
+            scale = wide(f"{p.bn}.weight") * scale
+        mean = wide(f"{p.bn}.running_mean")
+        shift = wide(f"{p.layer}.bias") - mean if p.layer_bias else -mean
         bias = shift * scale
         if p.bn_affine:
-            bias = state[f"{p.bn}.bias"] + bias
-        out[f"{p.layer}.weight"] = weight * scale.reshape(scale.shape + (1,) * (weight.dim() - 1))
-        out[f"{p.layer}.bias"] = bias
+            bias = wide(f"{p.bn}.bias") + bias
+        out[f"{p.layer}.weight"] = (wide(f"{p.layer}.weight") * scale.reshape(scale.shape + (1,) * (weight.dim() - 1))
+                                    ).to(weight.dtype)
+        out[f"{p.layer}.bias"] = bias.to(weight.dtype)
         for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
             out.pop(f"{p.bn}.{key}", None)
     return out
