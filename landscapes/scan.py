@@ -126,6 +126,7 @@ class ScanConfig:
     batch_size: int | None = None
     points_per_pass: int | None = None
     engine: str = "auto"
+    workers: int | None = None         # CPU loop engine: points in parallel threads (None: torch's threads)
     compile: str | None = None
     device: str = "auto"
     dtype: str = "float32"
@@ -178,7 +179,7 @@ class ScanConfig:
     def eval_config(self) -> EvalConfig:
         return EvalConfig(batch_size=self.batch_size, points_per_pass=self.points_per_pass, engine=self.engine,
                           dtype=self.dtype, bn_mode=self.bn, calibration_samples=self.calibration_samples,
-                          compile=self.compile)
+                          compile=self.compile, workers=self.workers)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -656,6 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--points-per-pass", type=int, help="grid points per batched forward (default: from memory)")
     g.add_argument("--engine", default=ScanConfig.engine, choices=ENGINES,
                    help="auto: batched on CUDA, loop on CPU; naive is the slow reference")
+    g.add_argument("--workers", type=int, help="CPU: grid points evaluated in parallel threads (default: torch's "
+                   "thread count; each thread then runs one intra-op thread)")
     g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the forward (reduce-overhead: CUDA graphs)")
     g.add_argument("--device", default=ScanConfig.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=ScanConfig.dtype, choices=DTYPES)
