@@ -205,7 +205,7 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
     Returns one dict per epoch: epoch (1-based), lr (at the epoch's last step), train_loss,
     train_error, test_loss, test_error (errors in percent; train figures are running averages
     over the epoch in train mode), epoch_time_s (train + test), images_per_s (training only).
-    Writes OUT/epoch_<k>.pt, OUT/metrics.json, OUT/metrics.csv and OUT/final.pt.
+    Writes OUT/epoch_<k>.pt (epoch_0.pt: the initialization), OUT/metrics.json, OUT/metrics.csv and OUT/final.pt.
     """
     device = _device(config)
     name = config.model_name
@@ -260,6 +260,8 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
                 extra["cuda_rng"] = torch.cuda.get_rng_state(cuda_ids[0])
             return meta, extra
 
+        if resume is None:  # the initialization: where an optimization path (PCA trajectory) starts
+            save_checkpoint(out / "epoch_0.pt", model, *snapshot())
         for epoch in range(len(history) + 1, config.epochs + 1):
             t0 = time.perf_counter()
             model.train()

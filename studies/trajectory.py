@@ -152,7 +152,8 @@ def notes(args: Any, s: Settings, b: Any, template: Any) -> str:
              f"units (unit directions, not filter-normalized)."]
     if args.mode == "quick":
         parts.append(f"**Scaled down for 2 CPU cores**: {b.model} on {template.samples} MNIST images for "
-                     f"{template.epochs} epochs ({template.epochs} checkpoints) instead of VGG-9 on CIFAR-10 for 300 "
+                     f"{template.epochs} epochs ({template.epochs + 1} checkpoints with the initialization) instead of "
+                     f"VGG-9 on CIFAR-10 for 300 "
                      f"epochs, batch {b.small}/{b.large} instead of 128/8192, weight decay {max(b.weight_decays):g} "
                      f"instead of 5e-4 (see batch_size_flatness), and a {s.points}x{s.points} grid over {s.samples} "
                      f"images.")

@@ -141,7 +141,7 @@ def test_trajectory_smoke(tmp_path, runs):
                                                                                (96, 5e-4)]
     data = train_images(32)
     for r in result["runs"]:
-        assert r["checkpoints"] == 3  # epoch_1..epoch_3
+        assert r["checkpoints"] == 4  # epoch_0 (the initialization) .. epoch_3
         ev = r["explained_variance_ratio"]
         assert all(0 <= v <= 1 for v in ev) and sum(ev) <= 1 + 1e-9 and ev[0] >= ev[1]
         assert 0 <= r["path_in_plane"] <= 1 + 1e-9

@@ -134,6 +134,10 @@ def test_run_directory_contents(reference):
     model, meta = models.load_checkpoint(out / "final.pt")
     assert model.spec.name == "resnet8" and meta["epoch"] == 2
     assert_same_state(model.state_dict(), ck["state_dict"])
+    init = models.read_checkpoint(out / "epoch_0.pt")  # where the path starts: the seeded initialization
+    torch.manual_seed(0)
+    assert init["meta"]["epoch"] == 0 and init["meta"]["history"] == []
+    assert_same_state(init["state_dict"], models.build("resnet8").state_dict())
     assert train(tiny(out)) == history  # a finished run is not trained again
 
 
