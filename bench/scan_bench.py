@@ -96,14 +96,22 @@ def peak_tflops(device: torch.device, dtype: str) -> float | None:
 
 
 def code_version() -> str:
-    """The commit the engine was timed at (``-dirty``: with uncommitted changes), so rows of
-    different engine versions can be told apart."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+    """The commit the engine was timed at (``-dirty``: with uncommitted changes other than the
+    results file itself), so rows of different engine versions can be told apart."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit is None:
         return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ":/", f":(exclude){RESULTS}")
+    return commit + ("-dirty" if changes else "")
 
 
 def machine_name(device: torch.device) -> str:
