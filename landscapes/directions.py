@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.checkpoint import atomic_path, package_version
+
 State = dict[str, torch.Tensor]
 ModelOrState = Union[nn.Module, Mapping[str, torch.Tensor]]
 
@@ -278,31 +280,24 @@ def save_directions(path: str | os.PathLike, directions: Sequence[State], model_
         if unknown:
             raise ValueError(f"{AXES[i]} has entries that are not {dir_type} of the model: {unknown[:3]}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for i, direction in enumerate(directions):
-                group = f.create_group(AXES[i])
-                for j, key in enumerate(keys):
-                    ref = state[key]
-                    if key in direction:
-                        arr = direction[key].detach().cpu().numpy()
-                    else:
-                        arr = np.zeros(tuple(ref.shape), dtype=np.float32 if ref.is_floating_point() else np.int64)
-                    group.create_dataset(str(j), data=arr)
-            f.attrs["format"] = FORMAT
-            f.attrs["kind"] = "directions"
-            f.attrs["dir_type"] = dir_type
-            f.attrs["keys"] = np.array(keys, dtype=h5py.string_dtype())
-            f.attrs["digest"] = directions_digest(directions)
-            from models.checkpoint import package_version
-            f.attrs["version"] = package_version()
-            for k, v in (meta or {}).items():
-                f.attrs[k] = _attr_value(v)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for i, direction in enumerate(directions):
+            group = f.create_group(AXES[i])
+            for j, key in enumerate(keys):
+                ref = state[key]
+                if key in direction:
+                    arr = direction[key].detach().cpu().numpy()
+                else:
+                    arr = np.zeros(tuple(ref.shape), dtype=np.float32 if ref.is_floating_point() else np.int64)
+                group.create_dataset(str(j), data=arr)
+        f.attrs["format"] = FORMAT
+        f.attrs["kind"] = "directions"
+        f.attrs["dir_type"] = dir_type
+        f.attrs["keys"] = np.array(keys, dtype=h5py.string_dtype())
+        f.attrs["digest"] = directions_digest(directions)
+        f.attrs["version"] = package_version()
+        for k, v in (meta or {}).items():
+            f.attrs[k] = _attr_value(v)
     return path
 
 

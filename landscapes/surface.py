@@ -21,6 +21,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from models.checkpoint import atomic_path
+
 FORMAT = "resnet-toolkit/1"
 REFERENCE_FORMAT = "tomgoldstein/loss-landscape"
 # Attributes stored as JSON text because HDF5 attributes cannot hold dicts or lists of dicts.
@@ -142,9 +144,7 @@ def _write_file(path: Path, x: np.ndarray, y: np.ndarray | None, values: Mapping
                 done: np.ndarray, point_seconds: np.ndarray | None, attrs: Mapping[str, Any], dir_file: str) -> None:
     """Write a complete file under a temporary name, fsync, rename over ``path``."""
     shape = (len(x),) if y is None else (len(y), len(x))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f["xcoordinates"] = x
             if y is not None:
@@ -160,10 +160,7 @@ def _write_file(path: Path, x: np.ndarray, y: np.ndarray | None, values: Mapping
             f.attrs["format"] = FORMAT
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def write_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None, values: Mapping[str, np.ndarray],

@@ -23,7 +23,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from models import load_checkpoint, read_checkpoint
-from models.checkpoint import package_version, sha256
+from models.checkpoint import atomic_path, package_version, sha256
 
 from .directions import State, save_directions
 
@@ -246,18 +246,14 @@ def save_pca_directions(path: str | os.PathLike, pca: PCADirections, model: nn.M
     order) plus its top-level datasets ``explained_variance_ratio_``, ``explained_variance_``,
     ``singular_values_`` (as the reference writes them), written under a temporary name."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.pca-tmp{os.getpid()}")
     attrs = {"source": "pca", "pca_center": pca.center, "ignore": pca.ignore,
              "explained_variance_ratio": pca.explained_variance_ratio, **(meta or {})}
-    try:
+    with atomic_path(path) as tmp:
         save_directions(tmp, pca.directions, model, "weights", meta=attrs)
         with h5py.File(tmp, "a") as f:
             f["explained_variance_ratio_"] = pca.explained_variance_ratio
             f["explained_variance_"] = pca.explained_variance
             f["singular_values_"] = pca.singular_values
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -271,24 +267,18 @@ def write_projection(path: str | os.PathLike, proj: Projection, attrs: dict[str,
     """Write a path's coordinates: ``proj_xcoord``/``proj_ycoord`` as the reference's
     ``*_proj_cos.h5`` (its plotting scripts read ours), plus epochs, labels, residuals, distances."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f["proj_xcoord"] = proj.x
-            f["proj_ycoord"] = proj.y
-            f["epoch"] = proj.epochs
-            f["label"] = np.array(proj.labels, dtype=h5py.string_dtype())
-            f["residual"] = proj.residual
-            f["distance"] = proj.distance
-            for k, v in {**proj.attrs, **(attrs or {})}.items():
-                f.attrs[k] = "" if v is None else v
-            f.attrs["format"] = FORMAT
-            f.attrs["kind"] = "trajectory"
-            f.attrs["version"] = package_version()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f["proj_xcoord"] = proj.x
+        f["proj_ycoord"] = proj.y
+        f["epoch"] = proj.epochs
+        f["label"] = np.array(proj.labels, dtype=h5py.string_dtype())
+        f["residual"] = proj.residual
+        f["distance"] = proj.distance
+        for k, v in {**proj.attrs, **(attrs or {})}.items():
+            f.attrs[k] = "" if v is None else v
+        f.attrs["format"] = FORMAT
+        f.attrs["kind"] = "trajectory"
+        f.attrs["version"] = package_version()
     return path
 
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_path, read_checkpoint, save_checkpoint
 from .data import DATASETS, DeviceData, load_device_data
 from .registry import build, parse_key_values, resolve_name
 
@@ -184,9 +184,8 @@ def _latest_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any] | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:

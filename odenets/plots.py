@@ -18,6 +18,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
 def _load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -62,10 +69,7 @@ def plot_accuracy_vs_nfe(doc: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_nfe_vs_epoch(doc: dict[str, Any], path: Path) -> Path:
@@ -82,10 +86,7 @@ def plot_nfe_vs_epoch(doc: dict[str, Any], path: Path) -> Path:
     ax.set_title("Function evaluations during training", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_memory_vs_depth(doc: dict[str, Any], path: Path) -> Path:
@@ -100,10 +101,7 @@ def plot_memory_vs_depth(doc: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"{md['model']}, batch {md['batch']} ({doc['device']})", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_compare(json_path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
