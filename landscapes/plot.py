@@ -246,8 +246,8 @@ def _pc_ratios(surface: Surface, trajectory: Projection | None) -> np.ndarray | 
     return None
 
 
-def _axis_labels(ax, surface: Surface, trajectory: Projection | None) -> None:
-    ratios = _pc_ratios(surface, trajectory)
+def _axis_labels(ax, ratios: Sequence[float] | np.ndarray | None) -> None:
+    """PCA planes say how much of the path's variance each axis holds; random planes name α, β."""
     if ratios is not None and len(ratios) >= 2:
         ax.set_xlabel(f"1st PC: {100 * ratios[0]:.1f} % of variance")
         ax.set_ylabel(f"2nd PC: {100 * ratios[1]:.1f} % of variance")
@@ -351,7 +351,7 @@ def plot_2d(surface: Surface, kind: str, config: PlotConfig = PlotConfig(),
             _mark(ax, surface, name, Z)
         if 0.0 >= X.min() and 0.0 <= X.max() and 0.0 >= Y.min() and 0.0 <= Y.max():
             ax.plot(0, 0, "+", color="black", ms=9, mew=1.4, zorder=8, label="center (trained model)")
-        _axis_labels(ax, surface, trajectory)
+        _axis_labels(ax, _pc_ratios(surface, trajectory))
         if n > 1:
             ax.set_title(_label(name), fontsize=10)
         ax.set_aspect("equal" if _square_units(surface) else "auto")
@@ -478,13 +478,7 @@ def plot_path(proj: Projection, config: PlotConfig = PlotConfig()) -> Figure:
     step = max(1, len(proj.x) // 12)
     for i in range(0, len(proj.x), step):
         ax.annotate(str(proj.epochs[i]), (proj.x[i], proj.y[i]), xytext=(4, 4), textcoords="offset points", fontsize=7)
-    ratios = proj.attrs.get("explained_variance_ratio")
-    if ratios is not None and len(ratios) >= 2:
-        ax.set_xlabel(f"1st PC: {100 * ratios[0]:.1f} % of variance")
-        ax.set_ylabel(f"2nd PC: {100 * ratios[1]:.1f} % of variance")
-    else:
-        ax.set_xlabel("x direction")
-        ax.set_ylabel("y direction")
+    _axis_labels(ax, proj.attrs.get("explained_variance_ratio"))
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
