@@ -473,6 +473,20 @@ def _work_units(n_points: int, workers: int, n_batches: int, split_tail: bool = 
     return units
 
 
+def _mismatch(logits: torch.Tensor, reference: torch.Tensor, name: str, reference_name: str) -> str | None:
+    """None if ``logits`` reproduce ``reference`` (finite in the same places, equal to 1e-4 of scale)."""
+    finite = torch.isfinite(reference)
+    if not torch.equal(finite, torch.isfinite(logits)):
+        return f"{name} logits are non-finite where {reference_name} logits are not (or vice versa)"
+    if not finite.any():
+        return None
+    diff = (logits - reference)[finite].abs().max().item()
+    scale = reference[finite].abs().max().item()
+    if not diff <= 1e-4 * (scale + 1e-6):
+        return f"{name} logits differ from {reference_name} logits by {diff:.3g} (scale {scale:.3g})"
+    return None
+
+
 class _Nets:
     """The modules one thread evaluates with: functional_call swaps a module's tensors while it
     runs, so concurrent threads each need their own (:meth:`replica`)."""
@@ -570,7 +584,7 @@ class Evaluator:
         self.engine = self._pick_engine()
         if (self.engine == "loop" and self.device.type == "cpu" and config.fuse_cpu and config.compile is None
                 and isinstance(self.nets.eval_net, fx.GraphModule) and onednn_fusion_available()):
-            self.fused = fuse_conv_pointwise(self.nets.eval_net)
+            self._fuse()
 
     # -- preparation ------------------------------------------------------------------------------
 
@@ -633,17 +647,31 @@ class Evaluator:
                           for batched, c in ((True, coords), (False, coords[:1]), (False, coords[1:]))]
         except Exception as err:  # whatever vmap raises: data-dependent control flow, missing rules
             return _short(err)
-        single = torch.cat(logits[1:])
-        finite = torch.isfinite(single)
-        if not torch.equal(finite, torch.isfinite(logits[0])):
-            return "batched logits are non-finite where per-point logits are not (or vice versa)"
-        if not finite.any():
-            return None
-        diff = (logits[0] - single)[finite].abs().max().item()
-        scale = single[finite].abs().max().item()
-        if not diff <= 1e-4 * (scale + 1e-6):
-            return f"batched logits differ from per-point logits by {diff:.3g} (scale {scale:.3g})"
-        return None
+        return _mismatch(logits[0], torch.cat(logits[1:]), "batched", "per-point")
+
+    def _fuse(self) -> None:
+        """CPU loop engine: fuse conv/add/ReLU (:func:`fuse_conv_pointwise`) in a copy of eval_net,
+        and keep it only if it reproduces the unfused logits on a few images (oneDNN builds differ
+        across platforms); otherwise say why and stay unfused."""
+        fused = copy.deepcopy(self.nets.eval_net)
+        count = fuse_conv_pointwise(fused)
+        if not count:
+            return
+        nets = _Nets(fused, self.nets.stats_net)
+        x = self._x[: min(len(self.data), 4)]
+        center = torch.zeros(1, self.n_dirs, dtype=torch.float64)
+        try:
+            with torch.no_grad(), _precision("float32", self.device):
+                logits = [_vmap_or_single(n.forward, (0, None), False)(self._prepared(n, center, False, x), x)
+                          for n in (nets, self.nets)]
+        except Exception as err:  # whatever the oneDNN op raises on this platform
+            problem: str | None = _short(err)
+        else:
+            problem = _mismatch(*logits, "fused", "unfused")
+        if problem is not None:
+            self._notice(f"oneDNN conv+add+ReLU fusion is off: {problem}")
+            return
+        self.nets, self._replicas, self.fused = nets, [nets], count
 
     def workers(self, n_points: int) -> int:
         """Threads evaluating points concurrently: CPU loop engine only (see EvalConfig.workers)."""

@@ -127,6 +127,7 @@ def test_parallel_cpu_workers_match_naive(bn_mode):
     threads = torch.get_num_threads()
     loss, acc, info = evaluate_points(model, center, dirs, COORDS_2D, data, config, return_info=True)
     assert info.workers == 3 and torch.get_num_threads() == threads
+    assert info.fused == (0 if bn_mode == "batch" else 7)  # BN between conv and ReLU blocks the fusion
     assert_close(loss, acc, *evaluate_naive(model, center, dirs, COORDS_2D, data, config))
 
 
@@ -494,3 +495,23 @@ def test_every_registry_model_matches_the_naive_loop(name):
         loss, acc, info = evaluate_points(model, model.state_dict(), dirs, coords, data, return_info=True)
     assert torch.allclose(loss, ref_loss, rtol=1e-6, atol=0) and torch.equal(acc, ref_acc)  # float32 logits
     assert info.traced or any("cannot trace" in n for n in info.notices)
+
+
+@pytest.mark.parametrize("broken", ["raises", "wrong"])
+def test_fusion_that_fails_its_probe_is_switched_off(monkeypatch, broken):
+    """A oneDNN build whose fused op errs or disagrees leaves the engine unfused, with a notice."""
+    from landscapes.fold import FusedConv2d
+
+    def forward(self, x, residual=None):
+        if broken == "raises":
+            raise RuntimeError("no such kernel")
+        return nn.Conv2d.forward(self, x)  # drops the ReLU and the residual
+
+    monkeypatch.setattr(FusedConv2d, "forward", forward)
+    model = trained_like(models.build("resnet8"))
+    center, dirs, data = model.state_dict(), directions(model, 2), tiny_data(8)
+    with pytest.warns(BatchingFallbackWarning, match="fusion is off"):
+        loss, acc, info = evaluate_points(model, center, dirs, COORDS_2D, data, EvalConfig(engine="loop"),
+                                          return_info=True)
+    assert info.fused == 0
+    assert_close(loss, acc, *evaluate_naive(model, center, dirs, COORDS_2D, data))
