@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import models
 from landscapes.directions import DirectionConfig, create_directions
 from landscapes.evaluate import COMPILE_MODES, DTYPES, ENGINES, EvalConfig, EvalInfo, Evaluator, point_state
-from models.data import DATASETS, DataNotFoundError, DeviceData, load_split
+from models.data import DATASETS, SYNTHETIC_SIZES, DataNotFoundError, DeviceData, load_split
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = ("| date | code | machine | torch | model | data | grid | images | device | dtype | engine (K x B) | "
@@ -180,7 +180,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; accepted: {', '.join(DATASETS)}")
     info = DATASETS[config.dataset]
-    x, y = load_split(config.dataset, config.data_root, train=True, samples=config.samples)
+    # Synthetic data grows to any sample count (e.g. CIFAR-10's 50,000 on a machine without CIFAR).
+    grow = {"size": config.samples} if config.dataset == "synthetic" and config.samples > SYNTHETIC_SIZES[True] else {}
+    x, y = load_split(config.dataset, config.data_root, train=True, samples=config.samples, **grow)
     if config.checkpoint:
         model, _ = models.load_checkpoint(config.checkpoint, name=config.model)
     else:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 __all__ = [
     "DATASETS",
+    "SYNTHETIC_SIZES",
     "DataNotFoundError",
     "DatasetInfo",
     "DeviceData",
@@ -59,7 +60,7 @@ _TORCHVISION: dict[str, tuple[str, str, tuple[str, ...]]] = {
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
 }
 
-_SYNTHETIC_SIZES = {True: 10_000, False: 2_000}
+SYNTHETIC_SIZES = {True: 10_000, False: 2_000}  # default train / test split sizes
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -111,7 +112,7 @@ def make_synthetic(
     # Each split gets its own stream, derived from the seed so the splits never share noise.
     split_seeds = torch.randint(2**62, (2,), generator=g)
     g.manual_seed(int(split_seeds[int(train)]))
-    n = _SYNTHETIC_SIZES[train] if size is None else size
+    n = SYNTHETIC_SIZES[train] if size is None else size
     y = torch.randint(num_classes, (n,), generator=g)
     eps = torch.randn(n, channels, image_size, image_size, generator=g)
     x = (templates[y] + noise * eps) / math.sqrt(1.0 + noise**2)
