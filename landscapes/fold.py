@@ -211,10 +211,11 @@ def fuse_conv_pointwise(gm: fx.GraphModule) -> int:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     position = {n: i for i, n in enumerate(graph.nodes)}
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")  # a shared conv fuses nowhere
     for node in list(graph.nodes):
         conv = modules.get(node.target) if node.op == "call_module" else None
         if (type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
-                or len(node.args) != 1 or node.kwargs or len(node.users) != 1):
+                or calls[node.target] != 1 or len(node.args) != 1 or node.kwargs or len(node.users) != 1):
             continue
         last, residual = node, None
         add = next(iter(node.users))

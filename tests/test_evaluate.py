@@ -432,8 +432,20 @@ class ResidualReadTwice(nn.Module):
         return F.relu(self.conv(y) + y) * y.sum()
 
 
+class SharedConv(nn.Module):
+    """One conv applied twice, once before a ReLU: fusing it would put the ReLU on both calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.relu(self.conv(self.stem(x)))) - 1
+
+
 @pytest.mark.parametrize("name, count", [("resnet8", 7), ("resnet8_B", 7), ("resnet8_noshort", 7),
-                                         ("vgg9", 7), ("resnet50", 49), ("densenet_bc40", 18), ("reads_twice", 1)])
+                                         ("vgg9", 7), ("resnet50", 49), ("densenet_bc40", 18), ("reads_twice", 1),
+                                         ("shared_conv", 0)])
 def test_fused_convolutions_match_unfused(name, count):
     """conv+add+ReLU fused by oneDNN gives the unfused output, also under autograd, which it leaves
     unfused; a residual read after the add is left alone."""
@@ -441,7 +453,7 @@ def test_fused_convolutions_match_unfused(name, count):
     if not onednn_fusion_available():
         pytest.skip("this torch build has no oneDNN")
     model = {"resnet8_B": lambda: models.build("resnet8", shortcut="B"),
-             "reads_twice": ResidualReadTwice}.get(name, lambda: models.build(name))()
+             "reads_twice": ResidualReadTwice, "shared_conv": SharedConv}.get(name, lambda: models.build(name))()
     gm = trace(trained_like(model))
     fold_batchnorm(gm)
     fused = copy.deepcopy(gm)
