@@ -829,12 +829,13 @@ class Evaluator:
 
     def _run_parallel(self, coords: torch.Tensor, b: int, dtype: str, workers: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """CPU: ``workers`` threads, one point each at a time, one intra-op thread each.
+        """CPU: ``workers`` threads with one intra-op thread each, taking work units (a point, or a
+        run of its image batches: :func:`_work_units`) in turn.
 
-        Small convolutions scale poorly over intra-op threads, and on a shared machine OpenMP
-        threads waiting at barriers for a descheduled sibling cost several-fold (RESULTS.md);
-        independent points need no synchronisation. Each thread gets its own module replica,
-        since functional_call swaps a module's tensors while it runs.
+        Small convolutions scale poorly over intra-op threads (2 threads on one point: 1.6x; on two
+        points: 2.0x, RESULTS.md), and OpenMP threads waiting at barriers for a descheduled sibling
+        suffer most on a shared machine; independent points need no synchronisation. Each thread
+        gets its own module replica, since functional_call swaps a module's tensors while it runs.
         """
         n_points, n = coords.shape[0], len(self.data)
         while len(self._replicas) < workers:
