@@ -21,6 +21,8 @@ import torch.nn as nn
 
 from models.checkpoint import atomic_path, package_version
 
+from .surface import open_hdf5
+
 State = dict[str, torch.Tensor]
 ModelOrState = Union[nn.Module, Mapping[str, torch.Tensor]]
 
@@ -306,13 +308,7 @@ def direction_file_info(path: str | os.PathLike) -> dict[str, Any]:
     (None for reference-project files, which do not say), ``count`` (tensors per direction) and
     ``attrs`` (our metadata; empty for theirs)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"direction file {str(path)!r} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"{path} is not a readable HDF5 direction file: {err}") from None
-    with f:
+    with open_hdf5(path, "direction") as f:
         if "xdirection" not in f:
             kind = "a surface file" if "xcoordinates" in f else "not a direction file"
             raise ValueError(f"{path} has no 'xdirection' group ({kind}); a direction file holds groups "

@@ -34,6 +34,18 @@ __all__ = ["Surface", "SurfaceStore", "SurfaceConflictError", "read_surface", "w
            "REFERENCE_FORMAT"]
 
 
+def open_hdf5(path: str | os.PathLike, kind: str) -> h5py.File:
+    """``path`` opened for reading, or an error that names the ``kind`` of file expected
+    (surface, direction, trajectory) instead of h5py's own."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file {str(path)!r} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable HDF5 {kind} file: {err}") from None
+
+
 class SurfaceConflictError(ValueError):
     """An existing surface file was computed with other arguments (or is not ours)."""
 
@@ -92,13 +104,7 @@ def read_surface(path: str | os.PathLike) -> Surface:
     in ``*_loss``/``*_acc``/``*_err`` values becomes NaN.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"surface file {str(path)!r} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"{path} is not a readable HDF5 surface file: {err}") from None
-    with f:
+    with open_hdf5(path, "surface") as f:
         if "xcoordinates" not in f:
             kind = "a direction file" if "xdirection" in f else "not a surface file"
             raise ValueError(f"{path} has no 'xcoordinates' dataset ({kind})")

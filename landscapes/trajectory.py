@@ -26,6 +26,7 @@ from models import load_checkpoint, read_checkpoint
 from models.checkpoint import atomic_path, package_version, sha256
 
 from .directions import State, save_directions
+from .surface import open_hdf5
 
 FORMAT = "resnet-toolkit/1"
 IGNORES = ("biasbn", "none")
@@ -285,13 +286,7 @@ def write_projection(path: str | os.PathLike, proj: Projection, attrs: dict[str,
 def read_projection(path: str | os.PathLike) -> Projection:
     """Read ours or the reference's ``*_proj_cos.h5`` (which holds only the two coordinate arrays)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"trajectory file {str(path)!r} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"{path} is not a readable HDF5 trajectory file: {err}") from None
-    with f:
+    with open_hdf5(path, "trajectory") as f:
         if "proj_xcoord" not in f or "proj_ycoord" not in f:
             raise ValueError(f"{path} has no proj_xcoord/proj_ycoord datasets: not a trajectory file "
                              f"(write one with python -m landscapes.trajectory RUN_DIR)")
