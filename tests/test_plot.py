@@ -2,12 +2,14 @@
 NaN/inf everywhere (every kind, HTML, VTP), and use the paper's contour levels."""
 from __future__ import annotations
 
+import json
 import re
 
 import h5py
 import matplotlib.axes
 import numpy as np
 import pytest
+from matplotlib.colors import LogNorm
 from matplotlib.image import imread
 
 from landscapes.plot import (PlotConfig, available_values, default_value, levels_for, main, plot_2d,
@@ -86,13 +88,30 @@ def assert_png(path):
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
 
 
-def assert_html(path):
+def assert_html(path, self_contained=False):
+    """A page that opens offline: plotly.js embedded, or (the default) one plotly.min.js beside it."""
     text = path.read_text()
     head = text.lstrip().lower()[:100]
     assert head.startswith(("<!doctype html", "<html")) and text.rstrip().endswith("</html>")
-    assert len(text) > 1_000_000  # plotly.js embedded: opens offline
     assert not re.search(r"<script[^>]+src=[\"']https?:", text)  # no CDN
     assert "Plotly.newPlot" in text
+    if self_contained:
+        assert len(text) > 1_000_000
+    else:
+        assert len(text) < 300_000 and '<script charset="utf-8" src="plotly.min.js">' in text
+        assert (path.parent / "plotly.min.js").stat().st_size > 1_000_000
+
+
+def figure_json(path):
+    """(data, layout) of the page's figure, as Plotly.newPlot receives them."""
+    text = path.read_text()
+    start = text.index("Plotly.newPlot(")
+    decoder = json.JSONDecoder()
+    pos = text.index(",", start) + 1  # after the div id
+    data, end = decoder.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
+    pos = text.index(",", end) + 1
+    layout, _ = decoder.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
+    return data, layout
 
 
 @pytest.mark.parametrize("log", [False, True])
@@ -123,16 +142,22 @@ def test_one_dimensional_survives_nan_and_inf(tmp_path):
 
 def test_paper_default_levels_and_norm():
     data = np.array([0.01, 3.0, 50.0])
-    levels, norm = levels_for("train_loss", data, PlotConfig())
+    levels, norm = levels_for("train_loss", data, PlotConfig(log=False))
     np.testing.assert_allclose(levels, np.arange(0.1, 10, 0.5))
     assert (norm.vmin, norm.vmax) == (0.1, 10)
     levels, _ = levels_for("train_loss", data, PlotConfig(vmin=1, vmax=2, vlevel=0.25))
     np.testing.assert_allclose(levels, [1, 1.25, 1.5, 1.75, 2])
-    levels, norm = levels_for("train_loss", data, PlotConfig(log=True))  # log: the data's decades
-    assert levels[0] == pytest.approx(0.01) and levels[-1] == pytest.approx(50)
-    np.testing.assert_allclose(np.diff(np.log(levels)), np.log(5000) / 20)
+    levels, norm = levels_for("train_loss", data, PlotConfig(log=True))  # log: the data's decades up to the cap
+    assert (norm.vmin, norm.vmax) == (0.01, 10)
+    np.testing.assert_allclose(np.log10(levels), np.arange(-2, 1.01, 0.25))  # quarter decades
+    levels, norm = levels_for("train_loss", data, PlotConfig(log=True, zmax=100))  # a higher cap
+    assert norm.vmax == 50 and np.log10(levels[-1]) == pytest.approx(1.5)
     levels, norm = levels_for("train_loss", data, PlotConfig(log=True, vmin=0.1, vmax=10))
     assert (norm.vmin, norm.vmax) == (0.1, 10) and levels[0] == pytest.approx(0.1)
+    _, norm = levels_for("train_loss", data, PlotConfig(log=None))  # 3.7 decades: log by default
+    assert isinstance(norm, LogNorm)
+    _, norm = levels_for("train_loss", np.array([0.5, 3.0]), PlotConfig(log=None))
+    assert not isinstance(norm, LogNorm)
     levels, norm = levels_for("train_acc", np.array([20.0, np.nan, 90.0]), PlotConfig())
     assert norm.vmin == 20 and norm.vmax == 90  # non-loss values: the data's finite range
 
