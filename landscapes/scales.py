@@ -143,6 +143,8 @@ def shared_scale(name: str, data: Sequence[np.ndarray] | np.ndarray, config: Plo
         if not hi > lo:
             hi = lo * 10
         step = config.vlevel or LOG_LEVEL_STEP
+        if config.vmin is None:  # start on a level, so the lowest colour band is a whole band
+            lo = min(lo, 10.0 ** (math.floor(math.log10(lo) / step + 1e-9) * step))
         k = np.arange(math.ceil(math.log10(lo) / step - 1e-9), math.floor(math.log10(hi) / step + 1e-9) + 1)
         if k.size > 200:
             raise ValueError(f"vlevel {step:g} gives {k.size} log contour levels between {lo:g} and {hi:g}; "

@@ -3,6 +3,7 @@ NaN/inf everywhere (every kind, HTML, VTP), and use the paper's contour levels."
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import h5py
@@ -12,9 +13,10 @@ import pytest
 from matplotlib.colors import LogNorm
 from matplotlib.image import imread
 
-from landscapes.plot import (PlotConfig, available_values, default_value, levels_for, main, plot_2d,
-                             plot_surface_file, surface_grid, value_array, write_vtp)
-from landscapes.surface import read_surface, write_surface
+from landscapes.pages import OVER_CAP_COLOR
+from landscapes.plot import (PlotConfig, available_values, default_value, levels_for, main, plot_2d, plot_compare,
+                             plot_surface_file, shared_scale, surface_grid, value_array, write_vtp)
+from landscapes.surface import Surface, read_surface, write_surface
 from landscapes.trajectory import Projection, write_projection
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -230,3 +232,103 @@ def test_cli_outputs_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.h5")])
     assert "does not exist" in capsys.readouterr().err
+
+
+def bowl(path, model, scale, lo, nx=9, ny=7):
+    """A loss bowl of the given height above its minimum ``lo``, on a non-square grid."""
+    x, y = np.linspace(-1, 1, nx), np.linspace(-0.5, 0.5, ny)
+    X, Y = np.meshgrid(x, y)
+    return write_surface(path, x, y, {"train_loss": lo + scale * (X ** 2 + 4 * Y ** 2)},
+                         attrs={"model": model, "dataset": "synthetic", "split": "train"})
+
+
+def test_comparison_page_shares_one_scale_levels_titles_and_marks_the_cap(tmp_path, capsys):
+    a = bowl(tmp_path / "a.h5", "resnet20", 30.0, 0.01)  # 0.01 .. 60: log scale, values above the cap 10
+    b = bowl(tmp_path / "b.h5", "resnet20_noshort", 3.0, 1.0)
+    page = tmp_path / "pages" / "cmp.html"
+    main([str(a), str(b), "--html", "--out", str(page)])
+    assert capsys.readouterr().out.split() == [str(page)]
+    assert_html(page)
+    data, layout = figure_json(page)
+    panels = [t for t in data if t.get("meta", {}).get("role") in ("surface", "contour")]
+    assert sorted(t["type"] for t in panels) == ["contour", "contour", "surface", "surface"]
+    assert {t["coloraxis"] for t in panels} == {"coloraxis"}  # one colour scale for every panel
+    surfaces = [read_surface(a), read_surface(b)]
+    scale = shared_scale("train_loss", [value_array(s, "train_loss") for s in surfaces], PlotConfig())
+    assert scale.log and scale.cap == 10 and scale.hi == 10  # 0.01 .. 10 spans 3 decades: log by default
+    ca = layout["coloraxis"]
+    assert ca["cmin"] == pytest.approx(math.log10(scale.lo)) and ca["cmax"] > math.log10(10)
+    assert ca["colorscale"][-1][1] == OVER_CAP_COLOR  # values above the cap get a colour of their own
+    # colour-bar ticks read in loss units, and the top one says "> cap"
+    assert ca["colorbar"]["ticktext"][-1] == "> cap 10"
+    for val, txt in zip(ca["colorbar"]["tickvals"][:-1], ca["colorbar"]["ticktext"][:-1]):
+        assert 10 ** val == pytest.approx(float(txt))
+    # one z range for both 3-D panels, axis titles on every panel
+    scenes = [layout[k] for k in layout if k.startswith("scene")]
+    assert len(scenes) == 2 and all(s["zaxis"]["range"] == scenes[0]["zaxis"]["range"] for s in scenes)
+    assert all((s["xaxis"]["title"]["text"], s["yaxis"]["title"]["text"]) == ("α", "β") for s in scenes)
+    xy = [k for k in layout if re.fullmatch(r"[xy]axis\d*", k)]
+    assert sorted(layout[k]["title"]["text"][0] for k in xy) == ["α", "α", "β", "β"]
+    assert sum("scaleanchor" in layout[k] for k in xy) == 2  # contour panels: equal aspect
+    # the contour levels are the PNG's: evenly spaced in log10 from the first to the last
+    for t in (t for t in panels if t["type"] == "contour"):
+        c = t["contours"]
+        n = round((c["end"] - c["start"]) / c["size"]) + 1
+        np.testing.assert_allclose(10 ** (c["start"] + c["size"] * np.arange(n)), scale.levels)
+    png = plot_compare(surfaces, "contourf")
+    filled = [c for c in png.axes[0].collections if hasattr(c, "levels")][0]
+    np.testing.assert_allclose(filled.levels, scale.levels)
+    # values above the cap: a note on the page and "> cap" in the hover
+    over = sum(int((value_array(s, "train_loss") > 10).sum()) for s in surfaces)
+    note = [n for n in layout["annotations"] if n.get("name") == "cap-note"]
+    assert len(note) == 1 and f"cap (10)" in note[0]["text"] and f"{over} of {2 * 9 * 7} points" in note[0]["text"]
+    assert sum(txt.endswith("(> cap 10)") for t in panels if t["type"] == "contour" for row in t["text"]
+               for txt in row) == over
+    assert all("%{x:.4g}" in t["hovertemplate"] and "%{y:.4g}" in t["hovertemplate"] for t in panels)
+    # the minimum marker names its model; controls switch the scale and move the cap
+    mins = [t for t in data if t.get("meta", {}).get("role") == "min"]
+    assert [m["name"] for m in mins] == ["grid min: resnet20", "grid min: resnet20_noshort"]
+    assert mins[0]["text"] == ["resnet20 min 0.01"]
+    assert [b["label"] for b in layout["updatemenus"][0]["buttons"]] == ["linear scale", "log scale"]
+    assert [s["label"] for s in layout["sliders"][0]["steps"]][-1] == "none"
+    assert "10" in [s["label"] for s in layout["sliders"][0]["steps"]]
+    # a second page in the folder reuses the one plotly.min.js; --self-contained embeds it
+    main([str(a), "--html", "--out", str(tmp_path / "pages" / "a.html")])
+    assert sorted(p.name for p in page.parent.iterdir()) == ["a.html", "cmp.html", "plotly.min.js"]
+    assert page.stat().st_size < 100_000
+    alone = tmp_path / "mail" / "a.html"
+    main([str(a), "--html", "--self-contained", "--out", str(alone)])
+    assert_html(alone, self_contained=True)
+    assert not (alone.parent / "plotly.min.js").exists()
+
+
+def test_single_surface_page_follows_the_same_rules(tmp_path):
+    a = bowl(tmp_path / "a.h5", "resnet8", 1.0, 0.5)  # 0.5 .. 3.5: linear, the paper's levels, no value capped
+    out = plot_surface_file(a, html=True, out=tmp_path / "a.html")
+    assert out == [tmp_path / "a.html"]
+    data, layout = figure_json(out[0])
+    contour = [t for t in data if t["type"] == "contour"][0]
+    assert (contour["contours"]["start"], contour["contours"]["size"]) == (0.1, 0.5)  # LOSS_LEVELS
+    assert layout["scene"]["zaxis"]["title"]["text"] == "loss"
+    note = [n for n in layout["annotations"] if n.get("name") == "cap-note"][0]["text"]
+    assert "0 of 63 points" in note
+
+
+def test_compared_figures_share_limits_and_labels():
+    x = np.linspace(-1, 1, 5)
+    X, Y = np.meshgrid(x, x)
+
+    surfaces = [Surface(path=f"{m}.h5", x=x, y=x, values={"train_loss": lo + X ** 2 + Y ** 2}, attrs={"model": m},
+                        done=None) for m, lo in (("resnet8", 0.2), ("resnet8_noshort", 2.0))]
+    fig = plot_compare(surfaces, "contourf")
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][:2]
+    assert [ax.get_title() for ax in panels] == ["resnet8", "resnet8_noshort"]
+    assert panels[0].get_xlim() == panels[1].get_xlim() and panels[0].get_ylim() == panels[1].get_ylim()
+    filled = [c for ax in panels for c in ax.collections if getattr(c, "filled", False)]
+    assert len(filled) == 2 and len({(c.norm.vmin, c.norm.vmax) for c in filled}) == 1
+    assert len({tuple(c.levels) for c in filled}) == 1
+    assert panels[0].get_xlabel().startswith("α") and panels[0].get_ylabel().startswith("β")
+    fig3 = plot_compare(surfaces, "surface")
+    zl = {ax.get_zlim() for ax in fig3.axes if hasattr(ax, "get_zlim")}
+    assert len(zl) == 1
+    assert all(ax.get_zlabel() == "loss" for ax in fig3.axes if hasattr(ax, "get_zlabel"))
