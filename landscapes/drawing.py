@@ -52,6 +52,17 @@ def _mark(ax, surface: Surface, name: str, Z: np.ndarray, owner: str = "") -> No
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
 
 
+def _mark_unconverged(ax, surface: Surface, name: str, X: np.ndarray, Y: np.ndarray) -> None:
+    """Hessian maps: a cross on every point whose eigenvalue solver did not converge."""
+    conv = surface.values.get("hessian_converged")
+    if conv is None or not (name.endswith("_eig") or name.endswith("eig_ratio")):
+        return
+    bad = np.asarray(conv) == 0
+    if bad.shape == X.shape and bad.any():
+        ax.plot(X[bad], Y[bad], "x", color="black", ms=7, mew=2.6, zorder=6, label="eigensolver not converged")
+        ax.plot(X[bad], Y[bad], "x", color="white", ms=6, mew=1.1, zorder=7)
+
+
 def _note_gaps(ax, Z: np.ndarray) -> None:
     gaps = int((~np.isfinite(Z)).sum())
     if gaps:
@@ -65,6 +76,20 @@ def _square_units(surface: Surface) -> bool:
     wx = float(np.ptp(surface.x)) if len(surface.x) > 1 else 0.0
     wy = float(np.ptp(surface.y)) if surface.y is not None and len(surface.y) > 1 else 0.0
     return wx > 0 and wy > 0 and 0.25 <= wx / wy <= 4
+
+
+def _bar_label(names: Sequence[str]) -> str:
+    """The colour bar names what all panels show: the value when it is the same everywhere, else
+    its kind ("loss" for train and test loss)."""
+    labels = {value_label(n) for n in names}
+    if len(labels) == 1:
+        return labels.pop()
+    family = value_family(names[0])
+    if family == "loss":
+        return "loss"
+    if family == "percent":
+        return " ".join(value_label(names[0]).split(" ")[-2:])  # "accuracy (%)", "error (%)"
+    return "value"
 
 
 def _check_family(names: Sequence[str]) -> None:
@@ -84,9 +109,10 @@ def plot_2d(surface: Surface, kind: str, config: PlotConfig = PlotConfig(),
 
 
 def plot_compare(surfaces: Sequence[Surface], kind: str = "contourf", config: PlotConfig = PlotConfig(),
-                 labels: Sequence[str] | None = None) -> Figure:
+                 labels: Sequence[str] | None = None, ncols: int | None = None) -> Figure:
     """One value (``config.values[0]``, default train_loss) of several surfaces side by side on one
-    colour scale, one set of levels and (3-D) one z range: panels that are meant to be compared."""
+    colour scale, one set of levels, one frame and (3-D) one z range: panels that are meant to be
+    compared; ``ncols`` panels per row (default all in one row)."""
     if not surfaces:
         raise ValueError("plot_compare needs at least one surface")
     labels = list(labels) if labels else [model_label(s) for s in surfaces]
@@ -95,11 +121,11 @@ def plot_compare(surfaces: Sequence[Surface], kind: str = "contourf", config: Pl
     name = (config.values or (default_value(surfaces[0]),))[0]
     title = config.title or f"{value_label(name)}: {' vs '.join(labels)}"
     return _draw_panels([(s, name, lab) for s, lab in zip(surfaces, labels)], kind, config, None, title,
-                        owners=labels)
+                        owners=labels, ncols=ncols)
 
 
 def _draw_panels(panels: Sequence[Panel], kind: str, config: PlotConfig, trajectory: Projection | None, title: str,
-                 owners: Sequence[str] | None = None) -> Figure:
+                 owners: Sequence[str] | None = None, ncols: int | None = None) -> Figure:
     if kind not in KINDS_2D:
         raise ValueError(f"2-D kind must be one of {', '.join(KINDS_2D)}; got {kind!r}")
     grids = [surface_grid(s, n) for s, n, _ in panels]
@@ -111,8 +137,10 @@ def _draw_panels(panels: Sequence[Panel], kind: str, config: PlotConfig, traject
     height = 5.4
     if not three_d and _square_units(first):  # equal aspect: fit the figure to the plane's shape
         height = float(np.clip(4.6 * np.ptp(first.y) / np.ptp(first.x), 2.5, 6.5)) + 1.3
-    fig = Figure(figsize=(5.6 * n + 0.8, height), layout="constrained")
-    axes = [fig.add_subplot(1, n, i + 1, projection="3d" if three_d else None) for i in range(n)]
+    cols = max(1, min(ncols or n, n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(5.6 * cols + 0.8, (height - 0.6) * rows + 0.6), layout="constrained")
+    axes = [fig.add_subplot(rows, cols, i + 1, projection="3d" if three_d else None) for i in range(n)]
     mappable = None
     for i, (ax, (surface, name, panel_title), (X, Y, Z)) in enumerate(zip(axes, panels, grids)):
         Zm = np.ma.masked_invalid(Z)
@@ -147,6 +175,7 @@ def _draw_panels(panels: Sequence[Panel], kind: str, config: PlotConfig, traject
                 mappable = cs
         if trajectory is not None:
             draw_trajectory(ax, trajectory)
+        _mark_unconverged(ax, surface, name, X, Y)
         if config.mark_min:
             _mark(ax, surface, name, Z, owners[i] if owners else "")
         if 0.0 >= X.min() and 0.0 <= X.max() and 0.0 >= Y.min() and 0.0 <= Y.max():
@@ -178,7 +207,7 @@ def _draw_panels(panels: Sequence[Panel], kind: str, config: PlotConfig, traject
             extra["extend"] = {(True, True): "both", (True, False): "max", (False, True): "min"}.get(
                 (over, under), "neither")
         cbar = fig.colorbar(mappable, ax=axes, shrink=0.85 if not three_d else 0.6, pad=0.02, **extra)
-        label = value_label(name0) if n == 1 else value_label(name0).split(" ", 1)[-1]
+        label = _bar_label([nm for _, nm, _ in panels])
         cbar.set_label(label + (" (log scale)" if scale.log else ""))
         if scale.log:  # readable ticks (1, 2, 5 per decade) in value units, not the levels nor log10
             ticks = scale.ticks()

@@ -203,14 +203,17 @@ def _write_panels(panels, path, config: PlotConfig, trajectory: Projection | Non
             iy, ix = np.unravel_index(ext[0], Z.shape)
             bx, by, bv = float(surface.x[ix]), float(surface.y[iy]), float(Z[iy, ix])
             tag = f"{label} {ext[1]} {_g4(bv)}"
-            fig.add_trace(go.Scatter(x=[bx], y=[by], mode="markers+text", text=[tag],
-                                     textposition="top right" if bx <= 0 else "top left",
-                                     textfont={"size": 11, "color": "white"},
+            fig.add_trace(go.Scatter(x=[bx], y=[by], mode="markers",
                                      marker={"symbol": "star", "size": 14, "color": "red",
                                              "line": {"color": "white", "width": 1}},
                                      name=f"grid {ext[1]}: {label}", meta={"role": "min"},
                                      hovertemplate=f"<b>{tag}</b><br>α %{{x:.4g}}<br>β %{{y:.4g}}<extra></extra>"),
                           row=2, col=c)
+            sub = fig.get_subplot(2, c)
+            fig.add_annotation(x=bx, y=by, text=tag, name="min-label", showarrow=True, arrowhead=0, ax=40 if bx <= 0
+                               else -40, ay=-28, xref=sub.xaxis.plotly_name.replace("axis", ""),
+                               yref=sub.yaxis.plotly_name.replace("axis", ""), bgcolor="rgba(255,255,255,0.8)",
+                               font={"size": 11, "color": "black"}, borderpad=2)
             fig.add_trace(go.Scatter3d(x=[bx], y=[by], z=[float(shown[iy, ix])], mode="markers",
                                        marker={"symbol": "diamond", "size": 5, "color": "red"},
                                        name=f"grid {ext[1]}: {label}", showlegend=False,
@@ -225,7 +228,7 @@ def _write_panels(panels, path, config: PlotConfig, trajectory: Projection | Non
             "xaxis": {"title": {"text": short_x}}, "yaxis": {"title": {"text": short_y}},
             "zaxis": _zaxis(st, vname), "aspectmode": "manual",
             "aspectratio": {"x": 1.0, "y": ratio, "z": 0.75},
-            "camera": {"eye": {"x": 1.15, "y": -1.35, "z": 0.85}}}})
+            "camera": {"eye": {"x": 1.3, "y": -1.5, "z": 0.9}}}})
         xy = fig.get_subplot(2, c)
         fig.update_xaxes(title_text=xt, row=2, col=c, constrain="domain")
         fig.update_yaxes(title_text=yt, row=2, col=c, scaleanchor=xy.xaxis.plotly_name.replace("axis", ""),

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from studies.common import (Timer, compute_note, fail, load_trained, new_figure, parse_args, run_path, save_figure,
-                            scan_run, trained_record, training_recipe, write_json, write_readme)
+from landscapes.plot import PlotConfig, plot_1d
+from studies.common import (Timer, compute_note, fail, load_trained, parse_args, run_path, scan_run, trained_record,
+                            training_recipe, write_json, write_readme)
+from studies.figures import new_figure, save_figure
 
 NAME = "batch_size_flatness"
 
@@ -145,8 +147,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def plot(records: dict, slices: dict, interpolations: dict, s: Settings, out: Path) -> list[str]:
     """Interpolations (landscapes.plot's 1-D curves), the filter-normalized slices of both batch
     sizes overlaid per weight decay (paper Fig. 3 top), and weight histograms (Fig. 2 bottom)."""
-    from landscapes.plot import PlotConfig, plot_1d
-
     figures = []
     for wd, surface in interpolations.items():
         fig = plot_1d(surface, PlotConfig(title=f"Interpolation: batch {s.small} (α=0) → batch {s.large} (α=1), "

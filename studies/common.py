@@ -237,53 +237,6 @@ def training_recipe(args: StudyArgs, **overrides: Any) -> Any:
                        **fields)
 
 
-# ---- figures: one look for every study ------------------------------------------------------
-# Plain nets are dashed and residual nets solid everywhere; a depth keeps its colour across
-# figures, so plain-56 and ResNet-56 are the same colour in every plot.
-
-DEPTH_COLORS = {8: "#7f7f7f", 14: "#bcbd22", 20: "#1f77b4", 32: "#2ca02c", 44: "#ff7f0e",
-                56: "#d62728", 110: "#9467bd", 1202: "#8c564b"}
-PLAIN_LINE, RESIDUAL_LINE = "--", "-"
-
-
-def depth_color(depth: int) -> str:
-    return DEPTH_COLORS.get(depth, "#17becf")
-
-
-def line_style(residual: bool) -> str:
-    return RESIDUAL_LINE if residual else PLAIN_LINE
-
-
-def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.8)) -> tuple[Any, Any]:
-    """A matplotlib figure with the off-screen backend (studies run on headless machines)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
-
-
-def save_figure(fig: Any, out: Path, name: str, dpi: int = 150) -> str:
-    """Save ``out/<name>.png`` and close the figure; returns the file name for the README."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(Path(out) / f"{name}.png", dpi=dpi)
-    plt.close(fig)
-    return f"{name}.png"
-
-
-def log_error_axis(ax: Any) -> None:
-    """Log-scaled error axis labelled with plain numbers (1, 2, 5, 10 %), not 9x10^1."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
-    ax.set_yscale("log")
-    fmt = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(fmt)
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-
-
 # ---- loss landscapes of cached runs ---------------------------------------------------------
 # The landscape studies scan the final model of a `train_cached` run with landscapes.scan. Their
 # direction files (model-sized) live in the run cache, named by the checkpoint's hash, so that
@@ -375,14 +328,6 @@ def run_path(record: dict[str, Any]) -> Path:
     """The run folder of a :func:`trained_record` (stored there relative to the repository)."""
     run = Path(record["run"])
     return run if run.is_absolute() else REPO / run
-
-
-def epoch_axis(ax: Any) -> None:
-    """Whole epochs only on the x axis (short runs otherwise get ticks at 1.5, 2.5, ...)."""
-    from matplotlib.ticker import MaxNLocator
-
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def compute_note(train_seconds: float, surfaces: Iterable[Any]) -> str:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from studies.common import (Timer, depth_color, epoch_axis, fail, line_style, log_error_axis, new_figure,
-                            parse_args, save_figure, trained_record, training_note, training_recipe,
-                            write_json, write_readme)
+from studies.common import (Timer, fail, parse_args, trained_record, training_note, training_recipe, write_json,
+                            write_readme)
+from studies.figures import curve_style, epoch_axis, log_error_axis, new_figure, save_figure
 
 NAME = "degradation"
 DEPTHS = {"full": (20, 32, 44, 56), "quick": (20, 32, 44, 56), "smoke": (8, 20)}
@@ -47,31 +47,33 @@ def train_nets(template: Any, nets: list[Net], runs: Path) -> list[dict[str, Any
 
 
 def plot(records: list[dict[str, Any]], out: Path, dataset: str) -> list[str]:
-    """Training and test error per epoch (plain dashed, residual solid) and final error vs depth."""
+    """Training and test error per epoch (colour: plain or ResNet; dashes: depth) and final error vs
+    depth, in one figure; the legend lists the plain nets in one column and the ResNets in the other."""
     fig, axes = new_figure(3, 1, size=(4.6, 3.8))
     for col, key in enumerate(("train_error", "test_error")):
         ax = axes[0, col]
         for r in records:
             epochs = [h["epoch"] for h in r["history"]]
             # floored at 0.01% so that a perfect epoch stays on the log axis
-            ax.plot(epochs, [max(h[key], 1e-2) for h in r["history"]], line_style(r["residual"]),
-                    color=depth_color(r["depth"]), marker="o", ms=3, label=r["label"])
+            ax.plot(epochs, [max(h[key], 1e-2) for h in r["history"]], **curve_style(r["residual"], r["depth"]))
         what = "training" if col == 0 else "test"
         ax.set(xlabel="epoch", ylabel=f"{what} error (%)",
                title=f"{what.capitalize()} error, plain vs ResNet ({dataset})")
         log_error_axis(ax)
         epoch_axis(ax)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=2)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: (labels[i].startswith("ResNet"), int(labels[i].split("-")[-1])))
+    axes[0, 0].legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, ncol=2)
     ax = axes[0, 2]
     for residual in (False, True):
         rows = sorted((r for r in records if r["residual"] == residual), key=lambda r: r["depth"])
         depths = [r["depth"] for r in rows]
         name = "ResNet" if residual else "plain"
-        ax.plot(depths, [r["final_train_error"] for r in rows], line_style(residual), color="black",
-                marker="o", label=f"{name}: training")
-        ax.plot(depths, [r["final_test_error"] for r in rows], line_style(residual), color="grey",
-                marker="s", label=f"{name}: test")
+        color = curve_style(residual, depths[0] if depths else 0)["color"]
+        ax.plot(depths, [r["final_train_error"] for r in rows], "-", color=color, marker="o", label=f"{name}: training")
+        ax.plot(depths, [r["final_test_error"] for r in rows], ":", color=color, marker="s", mfc="white",
+                label=f"{name}: test")
     ax.set(xlabel="depth (layers)", ylabel="final error (%)", title="Error after training vs depth")
     log_error_axis(ax)
     ax.set_xticks(sorted({r["depth"] for r in records}))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscapes.plot import PlotConfig, plot_compare
 from studies.common import (Timer, compute_note, fail, parse_args, replacing_conflicts, run_path, scan_config,
                             trained_record, training_recipe, write_json, write_readme)
 from studies.resnet_vs_noshort_landscape import label, net_config
@@ -103,18 +104,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def plot(maps: dict[str, Any], s: Settings, out: Path, dataset: str) -> list[str]:
-    """A heat map of the ratio per net, all on the paper's 0..0.5 colour scale (landscapes.plot)."""
-    from landscapes.plot import PlotConfig, plot_2d
-
-    figures = []
-    for name, surface in maps.items():
-        title = (f"{name}: |λmin / λmax| of the Hessian over the {s.grid.rsplit(':', 1)[1]}² slice\n"
-                 f"({dataset}, {s.samples} training images per point)")
-        fig = plot_2d(surface, "heat", PlotConfig(values=("eig_ratio",), vmin=0.0, vmax=0.5, title=title, dpi=110))
-        file = f"eig_ratio_{surface.attrs['model']}.png"
-        fig.savefig(out / file, dpi=110)
-        figures.append(file)
-    return figures
+    """One figure: a heat map of the ratio per net (two per row), all on the paper's 0..0.5 colour
+    scale and one frame, points where Lanczos did not converge crossed out (landscapes.plot)."""
+    title = (rf"$|\lambda_{{\min}} / \lambda_{{\max}}|$ of the Hessian over the {s.grid.rsplit(':', 1)[1]}² slice "
+             f"({dataset}, {s.samples} training images per point)")
+    fig = plot_compare(list(maps.values()), "heat", PlotConfig(values=("eig_ratio",), vmin=0.0, vmax=0.5, title=title),
+                       labels=list(maps), ncols=2)
+    fig.savefig(out / "eig_ratio.png", dpi=110)
+    return ["eig_ratio.png"]
 
 
 def describe(records: list[dict[str, Any]]) -> str:

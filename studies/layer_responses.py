@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 
 from models.data import DeviceData, load_device_data
-from studies.common import (Timer, depth_color, fail, line_style, load_trained, new_figure, parse_args,
-                            repo_relative, save_figure, train_cached, training_note, training_recipe,
-                            write_json, write_readme)
+from studies.common import (Timer, fail, load_trained, parse_args, repo_relative, train_cached, training_note,
+                            training_recipe, write_json, write_readme)
+from studies.figures import curve_style, new_figure, save_figure
 
 NAME = "layer_responses"
 # (depth, residual) as in the paper's figure, trained with the shared recipe of the mode (full: He
@@ -81,10 +81,10 @@ def response_std(model: nn.Module, data: DeviceData, layers: list[str], batch_si
 def plot(records: list[dict[str, Any]], out: Path, dataset: str) -> list[str]:
     fig, axes = new_figure(1, 2, size=(9.0, 3.4))
     for r in records:
-        style = dict(color=depth_color(r["depth"]), lw=1.2, label=r["label"])
+        style = curve_style(r["residual"], r["depth"], markers=False) | {"lw": 1.2}
         stds = r["std"]
-        axes[0, 0].plot(range(1, len(stds) + 1), stds, line_style(r["residual"]), **style)
-        axes[1, 0].plot(range(1, len(stds) + 1), sorted(stds, reverse=True), line_style(r["residual"]), **style)
+        axes[0, 0].plot(range(1, len(stds) + 1), stds, **style)
+        axes[1, 0].plot(range(1, len(stds) + 1), sorted(stds, reverse=True), **style)
     axes[0, 0].set(xlabel="layer index (original order)", ylabel="std of response",
                    title=f"3x3 layer responses (after BN, before ReLU/addition), trained on {dataset}")
     axes[1, 0].set(xlabel="layer index (sorted by magnitude)", ylabel="std of response",

@@ -15,7 +15,8 @@ import torch
 
 from models.train import warmup_enabled
 
-from studies.common import (Timer, compute_note, fail, merge_surfaces, parse_args, run_path, scan_run,
+from landscapes.plot import PlotConfig, plot_compare, write_comparison
+from studies.common import (Timer, compute_note, fail, parse_args, run_path, scan_run,
                             trained_record, training_recipe, write_json, write_readme)
 
 NAME = "resnet_vs_noshort_landscape"
@@ -135,26 +136,24 @@ def table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot(surfaces: dict[str, Any], settings: Settings, out: Path, dataset: str) -> list[str]:
     """Contours (paper Fig. 5: a row with skips, a row without, one column per depth) and 3-D
-    surfaces, all drawn by landscapes.plot on one colour scale; the HTML page holds one pair."""
-    from landscapes.plot import PlotConfig, plot_2d, write_html
-
-    figures = []
-    merged = merge_surfaces(surfaces)
-    for residual, tag in ((True, "resnet"), (False, "noshort")):
-        names = tuple(f"{label(d, residual)} train_loss" for d in settings.depths)
-        title = f"{'With' if residual else 'Without'} skip connections: train loss on {dataset}, " \
-                f"filter-normalized directions, {settings.grid.rsplit(':', 1)[1]}² grid"
-        fig = plot_2d(merged, "contour", PlotConfig(values=names, title=title, dpi=110))
-        fig.savefig(out / f"contours_{tag}.png", dpi=110)
-        figures.append(f"contours_{tag}.png")
-    names = tuple(f"{label(d, r)} train_loss" for d in settings.depths for r in (True, False))
-    fig = plot_2d(merged, "surface", PlotConfig(values=names, log=True, title="3-D loss surfaces (log scale)"))
+    surfaces (one z range), all drawn by landscapes.plot on one colour scale; the HTML page compares
+    one pair on one scale."""
+    nets = [label(d, r) for r in (True, False) for d in settings.depths]  # a row with skips, a row without
+    title = (f"Train loss on {dataset} with (top) and without (bottom) skip connections, filter-normalized "
+             f"directions, {settings.grid.rsplit(':', 1)[1]}² grid")
+    fig = plot_compare([surfaces[n] for n in nets], "contour", PlotConfig(title=title), labels=nets,
+                       ncols=len(settings.depths))
+    fig.savefig(out / "contours.png", dpi=110)
+    figures = ["contours.png"]
+    pairs = [label(d, r) for d in settings.depths for r in (True, False)]  # a row per depth
+    fig = plot_compare([surfaces[n] for n in pairs], "surface", PlotConfig(log=True, title="3-D loss surfaces "
+                       "(log scale, one height range)"), labels=pairs, ncols=2)
     fig.savefig(out / "surfaces_3d.png", dpi=100)
     figures.append("surfaces_3d.png")
     d = settings.html_depth
-    pair = (f"{label(d, True)} train_loss", f"{label(d, False)} train_loss")
-    write_html(merged, out / f"resnet{d}_vs_noshort_3d.html",
-               PlotConfig(values=pair, log=True, title=f"ResNet-{d} with and without skip connections"))
+    write_comparison([surfaces[label(d, True)], surfaces[label(d, False)]], out / f"resnet{d}_vs_noshort_3d.html",
+                     PlotConfig(title=f"ResNet-{d} with and without skip connections: train loss on {dataset}"),
+                     labels=[label(d, True), label(d, False)])
     return figures
 
 

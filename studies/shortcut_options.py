@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import models
-from studies.common import (Timer, epoch_axis, fail, log_error_axis, new_figure, parse_args, save_figure,
-                            trained_record, training_note, training_recipe, write_json, write_readme)
+from studies.common import (Timer, fail, parse_args, trained_record, training_note, training_recipe, write_json,
+                            write_readme)
+from studies.figures import epoch_axis, log_error_axis, new_figure, save_figure
 
 NAME = "shortcut_options"
 # ResNet-32 is the CIFAR net closest to the paper's ResNet-34. Quick uses ResNet-20 at the paper's

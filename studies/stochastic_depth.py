@@ -14,9 +14,9 @@ from typing import Any
 from models.blocks import linear_decay
 from models.data import load_device_data
 from models.train import evaluate, warmup_enabled
-from studies.common import (Timer, depth_color, epoch_axis, fail, load_trained, log_error_axis, new_figure,
-                            parse_args, run_path, save_figure, trained_record, training_note, training_recipe,
-                            write_json, write_readme)
+from studies.common import (Timer, fail, load_trained, parse_args, run_path, trained_record, training_note,
+                            training_recipe, write_json, write_readme)
+from studies.figures import epoch_axis, family_color, log_error_axis, new_figure, save_figure
 
 NAME = "stochastic_depth"
 DEPTH = {"full": 110, "quick": 56, "smoke": 20}
@@ -38,7 +38,7 @@ def expected_saving(depth: int, final_drop: float = FINAL_DROP) -> float:
 
 def plot(records: dict[str, dict[str, Any]], out: Path, title: str, depth: int, saving: float) -> list[str]:
     fig, axes = new_figure(2, 1, size=(5.0, 3.8))
-    colors = {"constant depth": depth_color(depth), "stochastic depth": "#000000"}
+    colors = {"constant depth": family_color(True), "stochastic depth": "#000000"}
     ax = axes[0, 0]
     for name, r in records.items():
         epochs = [h["epoch"] for h in r["history"]]

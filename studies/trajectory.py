@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscapes.plot import PlotConfig, plot_surface_file
 from studies.batch_size_flatness import MODES as BATCH_MODES
 from studies.common import (Timer, compute_note, fail, parse_args, run_path, scan_run, trained_record,
                             training_recipe, write_json, write_readme)
@@ -101,16 +102,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def plot(records: list[dict[str, Any]], out: Path) -> list[str]:
-    """One contour plot per run, its path drawn over it (landscapes.plot reads the two files)."""
-    from landscapes.plot import PlotConfig, plot_surface_file
-
+    """One filled contour plot per run on a log scale where the loss spans decades (line contours
+    left the regions below 0.1 and above 10 both white), its path drawn over it (landscapes.plot
+    reads the two files)."""
     figures = []
     for r in records:
         name = f"trajectory_{r['tag']}.png"
         plot_surface_file(out / r["surface"], PlotConfig(trajectory=str(out / r["path"]), dpi=110,
                                                          title=f"{r['label']}: training path over the train loss "
                                                                f"(PCA plane)"),
-                          kinds=["contour"], html=False, out=out / name)
+                          kinds=["contourf"], html=False, out=out / name)
         figures.append(name)
     return figures
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 import models
 from models.data import DATASETS, load_device_data
-from studies.common import (Timer, depth_color, fail, line_style, new_figure, parse_args, save_figure,
-                            write_json, write_readme)
+from studies.common import (Timer, fail, parse_args, write_json, write_readme)
+from studies.figures import curve_style, family_color, new_figure, save_figure
 
 NAME = "vanishing_gradients"
 CHAIN_VARIANTS = ("plain", "plain+BN", "residual", "residual+BN")
@@ -191,14 +191,15 @@ def run(settings: Settings, data_root: str, device: str, seed: int, download: bo
 
 
 def plot(results: dict[str, Any], settings: Settings, out: Path) -> list[str]:
-    colors = {"plain": "#1f77b4", "plain+BN": "#ff7f0e", "residual": "#1f77b4", "residual+BN": "#ff7f0e"}
+    # colour: plain or residual; dashes: with BatchNorm
+    colors = {v: family_color(v.startswith("residual")) for v in CHAIN_VARIANTS}
     fig, axes = new_figure(len(settings.chain_gains), 2, size=(4.8, 3.6))
     for col, a in enumerate(settings.chain_gains):
         for row, key in enumerate(("forward_std", "backward_rms")):
             ax = axes[row, col]
             for variant in CHAIN_VARIANTS:
                 r = results["chain"][f"{variant} a={a}"]
-                ax.plot(r[key], line_style(variant.startswith("residual")), color=colors[variant], label=variant)
+                ax.plot(r[key], "--" if variant.endswith("+BN") else "-", color=colors[variant], label=variant)
             what = "forward signal std(h_l)" if row == 0 else "backward signal rms(dLoss/dh_l)"
             ax.set(xlabel="layer l", ylabel=what, yscale="log",
                    title=f"Scalar chain, weight a={a}, L={settings.chain_depth}")
@@ -212,8 +213,8 @@ def plot(results: dict[str, Any], settings: Settings, out: Path) -> list[str]:
         for key, r in results["mlp"].items():
             if r["act"] != act:
                 continue
-            ax.plot(range(1, len(r["grad_norms"]) + 1), r["grad_norms"], line_style(r["residual"]),
-                    color="#ff7f0e" if r["bn"] else "#1f77b4", label=key.removeprefix(f"{act} "))
+            ax.plot(range(1, len(r["grad_norms"]) + 1), r["grad_norms"], "--" if r["bn"] else "-",
+                    color=family_color(r["residual"]), label=key.removeprefix(f"{act} "))
         ax.set(xlabel="hidden layer (input side = 1)", ylabel="||dLoss/dW_l||", yscale="log",
                title=f"{act} MLP, {settings.mlp_depth} layers x {settings.mlp_width}, at init ({settings.dataset})")
         ax.grid(True, which="major", alpha=0.3)
@@ -223,8 +224,7 @@ def plot(results: dict[str, Any], settings: Settings, out: Path) -> list[str]:
     fig, axes = new_figure(1, 1, size=(7.0, 4.0))
     ax = axes[0, 0]
     for name, r in results["cnn"].items():
-        ax.plot(range(1, len(r["grad_norms"]) + 1), r["grad_norms"], line_style(r["residual"]),
-                color=depth_color(r["depth"]), label=f"{'ResNet' if r['residual'] else 'plain'}-{r['depth']}")
+        ax.plot(range(1, len(r["grad_norms"]) + 1), r["grad_norms"], **curve_style(r["residual"], r["depth"], False))
     ax.set(xlabel="3x3 conv layer (input side = 1)", ylabel="||dLoss/dW_l||", yscale="log",
            title=f"Plain vs residual CIFAR nets at init (BN in train mode, {settings.dataset})")
     ax.grid(True, which="major", alpha=0.3)

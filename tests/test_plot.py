@@ -288,7 +288,8 @@ def test_comparison_page_shares_one_scale_levels_titles_and_marks_the_cap(tmp_pa
     # the minimum marker names its model; controls switch the scale and move the cap
     mins = [t for t in data if t.get("meta", {}).get("role") == "min"]
     assert [m["name"] for m in mins] == ["grid min: resnet20", "grid min: resnet20_noshort"]
-    assert mins[0]["text"] == ["resnet20 min 0.01"]
+    assert [a["text"] for a in layout["annotations"] if a.get("name") == "min-label"] == \
+        ["resnet20 min 0.01", "resnet20_noshort min 1"]
     assert [b["label"] for b in layout["updatemenus"][0]["buttons"]] == ["linear scale", "log scale"]
     assert [s["label"] for s in layout["sliders"][0]["steps"]][-1] == "none"
     assert "10" in [s["label"] for s in layout["sliders"][0]["steps"]]
