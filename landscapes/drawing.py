@@ -302,16 +302,17 @@ def plot_1d(surface: Surface, config: PlotConfig = PlotConfig()) -> Figure:
     return fig
 
 
-def _spread_labels(xy: np.ndarray, min_gap: float) -> list[int]:
-    """Indices of points to label so that no two labels sit closer than ``min_gap`` (in data units):
-    always the first and the last, then greedily in order."""
-    keep = [len(xy) - 1] if len(xy) else []
-    if len(xy) > 1:
-        keep.insert(0, 0)
-    for i in range(1, len(xy) - 1):
-        if all(np.hypot(*(xy[i] - xy[j])) >= min_gap for j in keep):
-            keep.append(i)
-    return sorted(keep)
+def _epoch_labels(xy: np.ndarray, epochs: Sequence[int], min_gap: float) -> list[tuple[int, str]]:
+    """(index, text) of the path's epoch labels: consecutive checkpoints closer than ``min_gap`` (in
+    data units) to the first of their run share one label, "5–10", instead of piling up."""
+    out, i = [], 0
+    while i < len(xy):
+        j = i
+        while j + 1 < len(xy) and np.hypot(*(xy[j + 1] - xy[i])) < min_gap:
+            j += 1
+        out.append((i, f"{epochs[i]}" if j == i else f"{epochs[i]}–{epochs[j]}"))
+        i = j + 1
+    return out
 
 
 def plot_path(proj: Projection, config: PlotConfig = PlotConfig()) -> Figure:
@@ -324,8 +325,8 @@ def plot_path(proj: Projection, config: PlotConfig = PlotConfig()) -> Figure:
     ax.plot(0, 0, "+", color="black", ms=9, mew=1.4, zorder=8, label="final model")
     xy = np.stack([np.asarray(proj.x, float), np.asarray(proj.y, float)], 1)
     span = float(max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-12)) if len(xy) else 1.0
-    for i in _spread_labels(xy, 0.06 * span):
-        ax.annotate(str(proj.epochs[i]), (proj.x[i], proj.y[i]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    for i, text in _epoch_labels(xy, list(proj.epochs), 0.06 * span):
+        ax.annotate(text, (proj.x[i], proj.y[i]), xytext=(4, 4), textcoords="offset points", fontsize=7)
     xt, yt = axis_titles(proj.attrs.get("explained_variance_ratio"))
     ax.set_xlabel(xt)
     ax.set_ylabel(yt)

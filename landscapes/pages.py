@@ -223,7 +223,8 @@ def _write_panels(panels, path, config: PlotConfig, trajectory: Projection | Non
         short_x, short_y = ("α", "β") if xt.startswith("α") else ("PC 1", "PC 2")
         scene = fig.get_subplot(1, c)
         ptp_x = float(np.ptp(surface.x)) or 1.0
-        ratio = float(np.clip(float(np.ptp(surface.y)) / ptp_x, 0.25, 4)) if len(surface.y) > 1 else 1.0
+        # the 3-D box stays near square (thin boxes crowd their ticks); the contours keep true aspect
+        ratio = float(np.clip(float(np.ptp(surface.y)) / ptp_x, 0.7, 1.4)) if len(surface.y) > 1 else 1.0
         fig.update_layout({scene.plotly_name: {
             "xaxis": {"title": {"text": short_x}}, "yaxis": {"title": {"text": short_y}},
             "zaxis": _zaxis(st, vname), "aspectmode": "manual",
