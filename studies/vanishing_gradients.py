@@ -200,8 +200,8 @@ def plot(results: dict[str, Any], settings: Settings, out: Path) -> list[str]:
             for variant in CHAIN_VARIANTS:
                 r = results["chain"][f"{variant} a={a}"]
                 ax.plot(r[key], "--" if variant.endswith("+BN") else "-", color=colors[variant], label=variant)
-            what = "forward signal std(h_l)" if row == 0 else "backward signal rms(dLoss/dh_l)"
-            ax.set(xlabel="layer l", ylabel=what, yscale="log",
+            what = r"forward signal std($h_l$)" if row == 0 else r"backward signal rms($\partial L / \partial h_l$)"
+            ax.set(xlabel="layer $l$", ylabel=what, yscale="log",
                    title=f"Scalar chain, weight a={a}, L={settings.chain_depth}")
             ax.grid(True, which="major", alpha=0.3)
     axes[0, 0].legend(fontsize=8)
@@ -215,7 +215,7 @@ def plot(results: dict[str, Any], settings: Settings, out: Path) -> list[str]:
                 continue
             ax.plot(range(1, len(r["grad_norms"]) + 1), r["grad_norms"], "--" if r["bn"] else "-",
                     color=family_color(r["residual"]), label=key.removeprefix(f"{act} "))
-        ax.set(xlabel="hidden layer (input side = 1)", ylabel="||dLoss/dW_l||", yscale="log",
+        ax.set(xlabel="hidden layer (input side = 1)", ylabel=r"$\|\partial L / \partial W_l\|$", yscale="log",
                title=f"{act} MLP, {settings.mlp_depth} layers x {settings.mlp_width}, at init ({settings.dataset})")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
@@ -225,7 +225,7 @@ def plot(results: dict[str, Any], settings: Settings, out: Path) -> list[str]:
     ax = axes[0, 0]
     for name, r in results["cnn"].items():
         ax.plot(range(1, len(r["grad_norms"]) + 1), r["grad_norms"], **curve_style(r["residual"], r["depth"], False))
-    ax.set(xlabel="3x3 conv layer (input side = 1)", ylabel="||dLoss/dW_l||", yscale="log",
+    ax.set(xlabel="3x3 conv layer (input side = 1)", ylabel=r"$\|\partial L / \partial W_l\|$", yscale="log",
            title=f"Plain vs residual CIFAR nets at init (BN in train mode, {settings.dataset})")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
