@@ -281,7 +281,7 @@ def test_comparison_page_shares_one_scale_levels_titles_and_marks_the_cap(tmp_pa
     # values above the cap: a note on the page and "> cap" in the hover
     over = sum(int((value_array(s, "train_loss") > 10).sum()) for s in surfaces)
     note = [n for n in layout["annotations"] if n.get("name") == "cap-note"]
-    assert len(note) == 1 and f"cap (10)" in note[0]["text"] and f"{over} of {2 * 9 * 7} points" in note[0]["text"]
+    assert len(note) == 1 and "cap (10)" in note[0]["text"] and f"{over} of {2 * 9 * 7} points" in note[0]["text"]
     assert sum(txt.endswith("(> cap 10)") for t in panels if t["type"] == "contour" for row in t["text"]
                for txt in row) == over
     assert all("%{x:.4g}" in t["hovertemplate"] and "%{y:.4g}" in t["hovertemplate"] for t in panels)
