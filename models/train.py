@@ -55,7 +55,10 @@ class TrainConfig:
 
     warmup: None = auto (on for resnet*/plain* names of depth >= 110): lr/10 until the training
     error (a moving average over ~10 batches, started at 100%) falls below 80%, then lr. epochs may grow when resuming; the lr schedule is
-    always computed for the current `epochs`. data_kwargs go to the synthetic data set (seed,
+    always computed for the current `epochs`. train_eval_samples: also measure loss and error in eval
+    mode (stored BN statistics) on the first N training images after every epoch: the running
+    average in train mode lags the weights by up to an epoch and mixes BN batch statistics in,
+    so converged nets are compared on this fixed subset. data_kwargs go to the synthetic data set (seed,
     image_size, channels, size, noise). out defaults to runs/<model>_<dataset>.
     """
 
@@ -68,6 +71,7 @@ class TrainConfig:
     epochs: int = 164
     samples: int | None = None
     test_samples: int | None = None
+    train_eval_samples: int | None = None  # eval-mode error on the first N training images, per epoch
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -219,6 +223,8 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
                                   config.download, **config.data_kwargs)
     test_data = load_device_data(config.dataset, config.data_root, "test", config.test_samples, device,
                                  config.download, **config.data_kwargs)
+    train_eval = (DeviceData(train_data.x[:config.train_eval_samples], train_data.y[:config.train_eval_samples])
+                  if config.train_eval_samples else None)
 
     # The whole run uses a private copy of the global RNG (stochastic layers draw from it),
     # seeded here and restored on resume; the caller's RNG state is left untouched.
@@ -288,11 +294,15 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
                 step += 1
             train_time = time.perf_counter() - t0
             test_loss, test_error = evaluate(model, test_data, amp=config.amp, memory_format=fmt)
+            fixed = {}
+            if train_eval is not None:
+                fixed["train_loss_eval"], fixed["train_error_eval"] = evaluate(model, train_eval, amp=config.amp,
+                                                                               memory_format=fmt)
             history.append({
                 "epoch": epoch, "lr": lr,
                 "train_loss": loss_sum.item() / len(train_data),
                 "train_error": 100.0 * wrong_sum.item() / len(train_data),
-                "test_loss": test_loss, "test_error": test_error,
+                "test_loss": test_loss, "test_error": test_error, **fixed,
                 "epoch_time_s": time.perf_counter() - t0,
                 "images_per_s": len(train_data) / train_time,
             })
@@ -317,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--samples", type=int, help="train on the first N training images")
     p.add_argument("--test-samples", type=int, help="test on the first N test images")
+    p.add_argument("--train-eval-samples", type=int,
+                   help="after each epoch, also measure eval-mode loss/error on the first N training images")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--momentum", type=float, default=TrainConfig.momentum)

@@ -3,12 +3,13 @@ and the markdown/JSON that each study writes beside its figures."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,10 +25,26 @@ def default_data_root() -> str:
     return str(shared if shared.is_dir() else REPO / "data")
 
 
+# The tiers a study runs in. "cpu" is the one whose results are committed under results/<study>/:
+# the strongest run two CPU cores can do in about an hour per study, on all of MNIST (60k/10k),
+# with nets trained until the training loss plateaus and several seeds where differences are small.
+# "full" is the papers' settings (CIFAR-10, hundreds of epochs: a GPU), "quick" a few minutes of
+# qualitative trying-out, "smoke" seconds on synthetic data (the tests). Only the committed tier
+# writes into results/ by default; the others write under runs/<tier>/<study>/, so that trying
+# something never replaces a committed result.
+TIERS = ("full", "cpu", "quick", "smoke")
+COMMITTED_TIER = "cpu"
+
+
+class TierConflictError(ValueError):
+    """The results folder holds another tier's results, and replacing them was not asked for."""
+
+
 @dataclass(frozen=True)
 class StudyArgs:
-    """What every study takes. ``mode`` is "full" (paper settings, GPU), "quick" (2 CPU cores,
-    under 15 minutes, MNIST or small data) or "smoke" (seconds, synthetic data; for the tests)."""
+    """What every study takes. ``mode`` is the tier: "full" (paper settings, GPU), "cpu" (the
+    committed results: full MNIST, converged nets, ~1 hour on 2 CPU cores), "quick" (a few minutes,
+    qualitative) or "smoke" (seconds, synthetic data; for the tests)."""
 
     name: str
     mode: str
@@ -44,8 +61,28 @@ class StudyArgs:
         return self.mode != "full"
 
     def command(self) -> str:
-        flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[self.mode]
+        flag = "" if self.mode == "full" else f" --{self.mode}"
         return f"python studies/{self.name}.py{flag}"
+
+
+def default_out(name: str, mode: str) -> Path:
+    """results/<study> for the committed tier, runs/<tier>/<study> for every other tier."""
+    return REPO / "results" / name if mode == COMMITTED_TIER else REPO / "runs" / mode / name
+
+
+def claim_out(out: Path, mode: str, overwrite: bool) -> None:
+    """Refuse to write ``mode`` results into a folder that holds another tier's results.json
+    (unless ``overwrite``): a quick try must never silently replace the committed evidence."""
+    found = Path(out) / "results.json"
+    if found.is_file() and not overwrite:
+        try:
+            tier = json.loads(found.read_text()).get("tier") or json.loads(found.read_text()).get("mode")
+        except (OSError, ValueError):
+            tier = None
+        if tier is not None and tier != mode:
+            raise TierConflictError(
+                f"{out} holds {tier}-tier results; a --{mode} run would replace them. Pass --out DIR to write "
+                f"elsewhere, or --overwrite to replace them")
 
 
 def parse_args(name: str, description: str, argv: list[str] | None = None,
@@ -53,9 +90,13 @@ def parse_args(name: str, description: str, argv: list[str] | None = None,
     """Common flags; ``add_arguments(parser)`` adds a study's own, returned in ``extra``."""
     p = argparse.ArgumentParser(prog=f"python studies/{name}.py", description=description)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="small qualitative run for 2 CPU cores (<15 min)")
+    mode.add_argument("--cpu", action="store_true",
+                      help="the committed tier: full MNIST, converged nets, ~1 hour on 2 CPU cores (results/)")
+    mode.add_argument("--quick", action="store_true", help="small qualitative run for 2 CPU cores (minutes)")
     mode.add_argument("--smoke", action="store_true", help="seconds-long run on synthetic data (tests)")
-    p.add_argument("--out", type=Path, default=None, help=f"results folder (default results/{name})")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"results folder (default results/{name} for --cpu, runs/<tier>/{name} otherwise)")
+    p.add_argument("--overwrite", action="store_true", help="replace another tier's results in --out")
     p.add_argument("--data-root", default=None, help="data sets folder (default $RESNET_TOOLKIT_DATA, "
                                                       "../shared/datasets or ./data)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -66,10 +107,15 @@ def parse_args(name: str, description: str, argv: list[str] | None = None,
     if add_arguments:
         add_arguments(p)
     ns = p.parse_args(argv)
-    common = {"quick", "smoke", "out", "data_root", "device", "seed", "runs", "download"}
-    mode_name = "smoke" if ns.smoke else "quick" if ns.quick else "full"
-    out = ns.out or REPO / "results" / name
+    common = {"cpu", "quick", "smoke", "out", "overwrite", "data_root", "device", "seed", "runs", "download"}
+    mode_name = next((m for m in ("cpu", "quick", "smoke") if getattr(ns, m)), "full")
+    out = ns.out or default_out(name, mode_name)
+    try:
+        claim_out(out, mode_name, ns.overwrite)
+    except TierConflictError as err:
+        p.exit(2, f"error: {err}\n")
     out.mkdir(parents=True, exist_ok=True)
+    print(f"{name}: {mode_name} tier, writing {repo_relative(out)}/", file=sys.stderr)
     return StudyArgs(name, mode_name, out, ns.data_root or default_data_root(), resolve_device(ns.device),
                      ns.seed, {k: v for k, v in vars(ns).items() if k not in common}, ns.runs,
                      ns.download)
@@ -152,7 +198,12 @@ def run_key(config: Any) -> str:
     import hashlib
     from dataclasses import asdict
 
-    ident = {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY}
+    # Only fields that differ from their defaults: a field added to TrainConfig later (with a
+    # default that keeps the old behaviour) must not orphan every cached net.
+    defaults = {f.name: f.default for f in fields(config) if f.default is not MISSING}
+    defaults.update({f.name: f.default_factory() for f in fields(config) if f.default_factory is not MISSING})
+    ident = {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY and
+             not (k in defaults and v == defaults[k])}
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{config.model_name}_{config.dataset}_{digest}"
 
@@ -191,12 +242,27 @@ def trained_record(config: Any, runs: Path, **labels: Any) -> dict[str, Any]:
 
     history, run = train_cached(config, runs)
     model = load_trained(run)
-    return {**labels, "model": config.model_name, "model_kwargs": dict(config.model_kwargs),
+    return {**labels, "seed": config.seed, "train_samples_n": split_size(config, "train"),
+            "test_samples_n": split_size(config, "test"), "model": config.model_name, "model_kwargs": dict(config.model_kwargs),
             "params": count_params(model), "history": history,
             "final_train_error": history[-1]["train_error"], "final_test_error": history[-1]["test_error"],
             "best_test_error": min(h["test_error"] for h in history),
             "wall_seconds": sum(h["epoch_time_s"] for h in history),
             "train_images_per_s": statistics.median(h["images_per_s"] for h in history), "run": repo_relative(run)}
+
+
+@functools.lru_cache(maxsize=None)
+def _split_size(dataset: str, root: str, split: str, samples: int | None, data_kwargs: str) -> int:
+    from models.data import load_device_data
+
+    return len(load_device_data(dataset, root, split, samples, "cpu", **json.loads(data_kwargs)))
+
+
+def split_size(config: Any, split: str) -> int:
+    """How many images a TrainConfig trained ("train") or tested ("test") on: the reported
+    standard errors need the real count, not the requested one."""
+    samples = config.samples if split == "train" else config.test_samples
+    return _split_size(config.dataset, config.data_root, split, samples, json.dumps(config.data_kwargs, sort_keys=True))
 
 
 def training_note(records: Iterable[dict[str, Any]]) -> str:
@@ -219,8 +285,14 @@ def repo_relative(path: Path) -> str:
 # Quick uses lr 0.02: in its ~80 steps at lr 0.1, ResNet-44/56 diverge from the first steps and
 # stay at chance (measured: train loss 5-7 in epoch 1); He et al.'s warm-up (lr/10 until a batch
 # is below 80% error) does not save them, as the jump back to 0.1 comes too early.
+# Cpu is all of MNIST (60k/10k), lr 0.1 with He et al.'s warm-up (lr/10 until the training error is
+# below 80%: in a pilot, ResNet-56 at lr 0.1 from the first step sat at chance for 100+ steps), 4 epochs
+# (1,876 steps; lr /10 at 50% and 75%), and the eval-mode error on a fixed 10,000 training images
+# after every epoch, which is what the tier's "training error" means.
 TRAINING_MODES: dict[str, dict[str, Any]] = {
     "full": dict(dataset="cifar10", save_every=10),
+    "cpu": dict(dataset="mnist", samples=None, test_samples=None, epochs=4, lr=0.1, warmup=True,
+                train_eval_samples=10_000),
     "quick": dict(dataset="mnist", samples=2500, test_samples=1000, epochs=4, lr=0.02),
     "smoke": dict(dataset="synthetic", data_kwargs={"image_size": 8, "size": 96}, epochs=1, batch_size=32),
 }

@@ -40,7 +40,11 @@ def check_run(net, epochs):
 def test_degradation_smoke(tmp_path, runs):
     result = smoke(degradation, tmp_path, runs)
     labels = [n["label"] for n in result["nets"]]
-    assert labels == ["plain-8", "plain-20", "ResNet-8", "ResNet-20"]
+    assert labels == ["ResNet-8", "ResNet-20", "plain-8", "plain-20"]  # one seed in smoke
+    assert result["tier"] == "smoke" and result["seeds"] == [0]
+    assert set(result["final_train_error_pct"]) == {"plain8", "plain20", "resnet8", "resnet20"}
+    assert result["final_train_error_pct"]["plain20"] == [result["nets"][3]["final_train_error"]]
+    assert result["test_samples"] == result["train_samples"] == 96  # synthetic size 96
     for net in result["nets"]:
         check_run(net, result["epochs"])
         assert net["model"].endswith("_noshort") != net["residual"]
@@ -174,3 +178,33 @@ def test_full_modes_use_the_papers_settings():
     assert stochastic_depth.VARIANTS["stochastic depth"] == {"drop_path": 0.5, "drop_mode": "batch"}
     assert degradation.DEPTHS["full"] == (20, 32, 44, 56) and shortcut_options.DEPTH["full"] == 32
     assert (110, True) in layer_responses.NETS["full"]
+
+
+def test_other_tiers_never_overwrite_the_committed_results(tmp_path):
+    """A --quick or --smoke try writes under runs/ by default, and refuses a folder holding the
+    committed (cpu) tier's results.json unless --overwrite is given."""
+    from studies.common import REPO, TierConflictError, claim_out, default_out, parse_args
+
+    assert default_out("degradation", "cpu") == REPO / "results" / "degradation"
+    assert default_out("degradation", "quick") == REPO / "runs" / "quick" / "degradation"
+    (tmp_path / "results.json").write_text(json.dumps({"tier": "cpu"}))
+    with pytest.raises(TierConflictError, match="--overwrite"):
+        claim_out(tmp_path, "quick", overwrite=False)
+    claim_out(tmp_path, "cpu", overwrite=False)  # the same tier refreshes its own results
+    claim_out(tmp_path, "quick", overwrite=True)
+    with pytest.raises(SystemExit) as exit_:
+        parse_args("degradation", "", ["--smoke", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+
+
+def test_run_key_ignores_fields_left_at_their_defaults():
+    """A field added to TrainConfig later (default = old behaviour) keeps every cached net's key."""
+    from dataclasses import dataclass, field as dc_field, make_dataclass
+
+    from models.train import TrainConfig
+    from studies.common import run_key
+
+    config = TrainConfig(model="resnet8", dataset="synthetic", epochs=1)
+    Grown = make_dataclass("Grown", [("new_option", int, dc_field(default=0))], bases=(TrainConfig,), frozen=True)
+    assert run_key(Grown(model="resnet8", dataset="synthetic", epochs=1)) == run_key(config)
+    assert run_key(Grown(model="resnet8", dataset="synthetic", epochs=1, new_option=1)) != run_key(config)

@@ -162,3 +162,17 @@ def test_cli(tmp_path, capsys):
           "--test-samples", "32", "--epochs", "1", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "ok")])
     assert "test accuracy" in capsys.readouterr().out
     assert json.loads((tmp_path / "ok" / "metrics.json").read_text())[0]["epoch"] == 1
+
+
+def test_train_eval_samples_measure_the_final_weights_in_eval_mode(tmp_path):
+    """The tier's training error: eval mode on the first N training images, after each epoch."""
+    from models.data import load_device_data
+    from models.train import evaluate
+
+    history = train(tiny(tmp_path, train_eval_samples=48))
+    model, _ = models.load_checkpoint(tmp_path / "final.pt")
+    first = load_device_data("synthetic", "unused", "train", 48, "cpu", image_size=8, size=128)
+    loss, error = evaluate(model, first)
+    assert history[-1]["train_loss_eval"] == pytest.approx(loss, rel=1e-5)
+    assert history[-1]["train_error_eval"] == pytest.approx(error)
+    assert "train_error_eval" not in train(tiny(tmp_path / "plain"))[-1]  # off by default
