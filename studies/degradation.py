@@ -10,9 +10,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from studies.common import (Timer, depth_color, epoch_axis, fail, line_style, log_error_axis, new_figure,
-                            parse_args, save_figure, trained_record, training_note, training_recipe,
-                            write_json, write_readme)
+from studies.cache import trained_record
+from studies.common import (depth_color, epoch_axis, fail, line_style, log_error_axis, new_figure, parse_args,
+                            save_figure)
+from studies.recipes import training_recipe
+from studies.report import Timer, training_note, write_json, write_readme
 from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, mean_sd
 
 NAME = "degradation"

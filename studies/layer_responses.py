@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 
 from models.data import DeviceData, load_device_data
-from studies.common import (Timer, depth_color, fail, line_style, load_trained, new_figure, parse_args,
-                            repo_relative, save_figure, train_cached, training_note, training_recipe,
-                            write_json, write_readme)
+from studies.cache import load_trained, train_cached
+from studies.common import depth_color, fail, line_style, new_figure, parse_args, repo_relative, save_figure
+from studies.recipes import training_recipe
+from studies.report import Timer, training_note, write_json, write_readme
 
 NAME = "layer_responses"
 # (depth, residual) as in the paper's figure, trained with the shared recipe of the mode (full: He

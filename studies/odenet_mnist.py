@@ -11,7 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from studies.common import REPO, Timer, fail, parse_args, write_json, write_readme
+from odenets.compare import PAPER, CompareConfig, compare
+from odenets.plots import plot_compare
+from studies.common import REPO, fail, parse_args
+from studies.report import Timer, write_json, write_readme
 
 NAME = "odenet_mnist"
 
@@ -59,9 +62,6 @@ def settings_diff(doc: dict[str, Any], config: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from odenets.compare import PAPER, CompareConfig, compare
-    from odenets.plots import plot_compare
-
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv, add_arguments=lambda p: p.add_argument(
         "--recompute", action="store_true", help="replace a compare.json in --out made with other settings"))
     # The default run cache is odenets.compare's own folder, so its CLI runs and this study share checkpoints.

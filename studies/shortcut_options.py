@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import models
-from studies.common import (Timer, epoch_axis, fail, log_error_axis, new_figure, parse_args, save_figure,
-                            trained_record, training_note, training_recipe, write_json, write_readme)
+from models.data import DATASETS
+from models.summary import summarize as count
+from studies.cache import trained_record
+from studies.common import epoch_axis, fail, log_error_axis, new_figure, parse_args, save_figure
+from studies.recipes import training_recipe
+from studies.report import Timer, training_note, write_json, write_readme
 
 NAME = "shortcut_options"
 # ResNet-32 is the CIFAR net closest to the paper's ResNet-34. Quick uses ResNet-20 at the paper's
@@ -52,9 +56,6 @@ def imagenet_params() -> dict[str, int]:
 def macs_per_image(template: Any, depth: int, option: str) -> int:
     """Multiply-accumulates of one forward pass on one image of the run's data set (models.summary):
     the deterministic cost of an option, where timings on a shared machine are noise."""
-    from models.data import DATASETS
-    from models.summary import summarize as count
-
     c, h, w = DATASETS[template.dataset].shape
     kw = dict(template.data_kwargs)
     c, h = kw.get("channels", c), kw.get("image_size", h)

@@ -14,9 +14,10 @@ from typing import Any
 from models.blocks import linear_decay
 from models.data import load_device_data
 from models.train import evaluate, warmup_enabled
-from studies.common import (Timer, depth_color, epoch_axis, fail, load_trained, log_error_axis, new_figure,
-                            parse_args, run_path, save_figure, trained_record, training_note, training_recipe,
-                            write_json, write_readme)
+from studies.cache import load_trained, run_path, trained_record
+from studies.common import depth_color, epoch_axis, fail, log_error_axis, new_figure, parse_args, save_figure
+from studies.recipes import training_recipe
+from studies.report import Timer, training_note, write_json, write_readme
 
 NAME = "stochastic_depth"
 DEPTH = {"full": 110, "quick": 56, "smoke": 20}

@@ -14,9 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from studies.batch_size_flatness import MODES as BATCH_MODES
-from studies.common import (Timer, compute_note, fail, parse_args, run_path, scan_run, trained_record,
-                            training_recipe, write_json, write_readme)
+from landscapes.trajectory import PCAConfig, TrajectoryConfig, pca_trajectory, suggested_axes
+from studies.cache import run_path, trained_record
+from studies.common import fail, parse_args
+from studies.recipes import BATCH_SIZE_MODES, training_recipe
+from studies.report import Timer, compute_note, write_json, write_readme
+from studies.scans import scan_run
 
 NAME = "trajectory"
 
@@ -44,10 +47,8 @@ def label(batch: int, wd: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from landscapes.trajectory import PCAConfig, TrajectoryConfig, pca_trajectory, suggested_axes
-
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
-    s, b = MODES[args.mode], BATCH_MODES[args.mode]
+    s, b = MODES[args.mode], BATCH_SIZE_MODES[args.mode]
     template = replace(training_recipe(args, **b.training), model=b.model)
     records, planes = [], []
     try:

@@ -13,7 +13,8 @@ from landscapes.surface import Surface, read_surface
 from models.data import load_device_data
 from models.train import evaluate
 from studies import batch_size_flatness, hessian_ratio, odenet_mnist, resnet_vs_noshort_landscape, trajectory
-from studies.common import load_trained, merge_surfaces, run_path
+from studies.cache import load_trained, run_path
+from studies.scans import merge_surfaces
 
 SMOKE_DATA = {"image_size": 8, "size": 96}  # studies.common.TRAINING_MODES["smoke"]
 

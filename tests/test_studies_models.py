@@ -152,7 +152,7 @@ def test_train_cached_reuses_a_finished_run_and_keys_what_matters(tmp_path):
     from dataclasses import replace
 
     from models.train import TrainConfig
-    from studies.common import run_key, train_cached
+    from studies.cache import run_key, train_cached
 
     config = TrainConfig(model="resnet8", dataset="synthetic", data_kwargs={"image_size": 8, "size": 32},
                          epochs=1, batch_size=16, device="cpu", progress=False)
@@ -167,7 +167,8 @@ def test_train_cached_reuses_a_finished_run_and_keys_what_matters(tmp_path):
 
 def test_full_modes_use_the_papers_settings():
     """Full mode is the same code with the papers' recipes (it cannot run here: no CIFAR-10, no GPU)."""
-    from studies.common import parse_args, training_recipe
+    from studies.common import parse_args
+    from studies.recipes import training_recipe
 
     args = parse_args("degradation", "", ["--device", "cpu"])
     he = training_recipe(args)  # He et al. 2016: 64k iterations of batch 128 = 164 epochs
@@ -183,7 +184,7 @@ def test_full_modes_use_the_papers_settings():
 def test_other_tiers_never_overwrite_the_committed_results(tmp_path):
     """A --quick or --smoke try writes under runs/ by default, and refuses a folder holding the
     committed (cpu) tier's results.json unless --overwrite is given."""
-    from studies.common import REPO, TierConflictError, claim_out, default_out, parse_args
+    from studies.common import REPO, claim_out, default_out, parse_args, TierConflictError
 
     assert default_out("degradation", "cpu") == REPO / "results" / "degradation"
     assert default_out("degradation", "quick") == REPO / "runs" / "quick" / "degradation"
@@ -199,10 +200,10 @@ def test_other_tiers_never_overwrite_the_committed_results(tmp_path):
 
 def test_run_key_ignores_fields_left_at_their_defaults():
     """A field added to TrainConfig later (default = old behaviour) keeps every cached net's key."""
-    from dataclasses import dataclass, field as dc_field, make_dataclass
+    from dataclasses import field as dc_field, make_dataclass
 
     from models.train import TrainConfig
-    from studies.common import run_key
+    from studies.cache import run_key
 
     config = TrainConfig(model="resnet8", dataset="synthetic", epochs=1)
     Grown = make_dataclass("Grown", [("new_option", int, dc_field(default=0))], bases=(TrainConfig,), frozen=True)
