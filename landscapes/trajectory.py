@@ -18,6 +18,7 @@ from typing import Any, Union
 
 import h5py
 import numpy as np
+from scipy.stats import wishart
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -455,3 +456,30 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def random_walk_variance(points: int, dim: int, components: int = 2, repeats: int = 200,
+                         seed: int = 0) -> tuple[float, float]:
+    """(mean, sd) over ``repeats`` walks of the fraction of variance that the first ``components``
+    PCA directions explain for an isotropic Gaussian random walk of ``points`` positions (the start
+    and ``points - 1`` steps) in ``dim`` dimensions, mean-centred as :func:`pca_directions` does.
+
+    The null baseline for "the path lies in a low-dimensional subspace": a random walk is already
+    far from isotropic in PCA (Antognini & Sohl-Dickstein 2018: ~6/(pi^2 k^2) of the variance on
+    component k, so ~76% on two), so a trajectory's PC1+PC2 share means something only beside it.
+    Exact for any ``dim``: only the Gram matrix of the steps matters, and it is Wishart(dim, I), so
+    no ``dim``-sized vector is drawn."""
+    if points < components + 1 or dim < 1:
+        raise ValueError(f"need points > components ({components}) and dim >= 1, got points={points}, dim={dim}")
+    steps = points - 1
+    cumulate = np.tril(np.ones((points, steps)), k=-1)  # position t = sum of the first t steps
+    centre = np.eye(points) - 1.0 / points
+    walk = centre @ cumulate
+    rng = np.random.default_rng(seed)
+    shares = []
+    for _ in range(repeats):
+        gram_steps = wishart.rvs(df=dim, scale=np.eye(steps), random_state=rng) if steps > 1 else \
+            np.array([[rng.chisquare(dim)]])
+        eig = np.sort(np.linalg.eigvalsh(walk @ np.atleast_2d(gram_steps) @ walk.T))[::-1]
+        shares.append(eig[:components].sum() / eig.sum())
+    return float(np.mean(shares)), float(np.std(shares, ddof=1)) if repeats > 1 else float("nan")

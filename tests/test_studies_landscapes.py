@@ -138,11 +138,14 @@ def test_trajectory_smoke(tmp_path, runs):
     from landscapes.trajectory import read_projection
 
     out, result = smoke(trajectory, tmp_path, runs)
-    assert [(r["batch_size"], r["weight_decay"]) for r in result["runs"]] == [(16, 0.0), (96, 0.0), (16, 5e-4),
-                                                                               (96, 5e-4)]
+    runs = list(result["runs"].values())
+    assert [(r["batch_size"], r["weight_decay"]) for r in runs] == [(16, 0.0), (96, 0.0), (16, 5e-4), (96, 5e-4)]
     data = train_images(32)
-    for r in result["runs"]:
+    for tag, r in result["runs"].items():
         assert r["checkpoints"] == 4  # epoch_0 (the initialization) .. epoch_3
+        walk = result["random_walk_2pc"][tag]  # the null: as many checkpoints in as many dimensions
+        assert (walk["points"], walk["dim"]) == (4, r["random_walk_2pc"]["dim"]) and walk["dim"] > 1000
+        assert 0.8 < walk["mean"] < 1 and r["explained_variance_2pc"] == sum(r["explained_variance_ratio"])
         ev = r["explained_variance_ratio"]
         assert all(0 <= v <= 1 for v in ev) and sum(ev) <= 1 + 1e-9 and ev[0] >= ev[1]
         assert 0 <= r["path_in_plane"] <= 1 + 1e-9
