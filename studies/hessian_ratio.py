@@ -39,6 +39,9 @@ MODES = {
     # One point costs 10-20 products: ~1.5 s for ResNet-20 on 16 MNIST images with one thread, ~3x that
     # for ResNet-56, so 5x5 maps of both pairs take ~6 min. The grid lies on resnet_vs_noshort's.
     "quick": Settings((20, 56), "-0.3:0.3:5", 16, 20, 1e-2),
+    # The cpu tier: 9x9 on the paper's [-1, 1]^2 (the same plane as resnet_vs_noshort's 31x31; the grids
+    # share the centre and the corners) over 128 training images.
+    "cpu": Settings((20, 56), "-1:1:9", 128, 20, 1e-2),
     "smoke": Settings((8,), "-1:1:3", 8, 12, 1e-2),
 }
 

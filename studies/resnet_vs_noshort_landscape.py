@@ -15,11 +15,12 @@ import torch
 
 from models.train import warmup_enabled
 
-from studies.cache import run_path, trained_record
+from studies.cache import run_path, split_size, trained_record
 from studies.common import fail, parse_args
 from studies.recipes import LANDSCAPE_TRAINING, landscape_label, landscape_net, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import merge_surfaces, scan_run
+from studies.stats import final_train_error
 
 NAME = "resnet_vs_noshort_landscape"
 
@@ -48,6 +49,9 @@ MODES = {
     # sharper at the filter-normalized scale than the paper's (a first run on [-1, 1]^2 measured losses of
     # 6e3-1.6e10 at the corners, 1e2-3e5 at |alpha| = |beta| = 0.5), so the grid spans their basin.
     "quick": Settings((20, 56), "-0.3:0.3:13", 256, 56),
+    # The cpu tier: the paper's scale ([-1, 1]^2, filter-normalized, biases and BN ignored) on a 31x31 grid
+    # over 2,000 MNIST training images, for the converged nets of the degradation study.
+    "cpu": Settings((20, 56), "-1:1:31", 2000, 56),
     "smoke": Settings((8,), "-1:1:5", 32, 8),
 }
 def slice_stats(surface: Any, value: str = "train_loss") -> dict[str, Any]:
@@ -98,10 +102,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     figures = plot(surfaces, settings, args.out, template.dataset)
-    result = {"study": NAME, "mode": args.mode, "dataset": template.dataset, "grid": settings.grid,
-              "samples": settings.samples, "epochs": template.epochs, "seed": args.seed,
+    axis = [float(v) for v in settings.grid.split(":")]
+    result = {"study": NAME, "tier": args.mode, "mode": args.mode, "dataset": template.dataset,
+              "grid": [int(axis[2]), int(axis[2])], "range": [axis[0], axis[1], axis[0], axis[1]],
+              "samples": settings.samples, "epochs": template.epochs, "seeds": [args.seed],
+              "train_samples": split_size(template, "train"), "test_samples": split_size(template, "test"),
+              # keyed by registry name (resnet56, resnet56_noshort, ...), as tools read them
+              "nets": {r["model"]: {**r, "train_error_pct": final_train_error(r), "test_error_pct": r["final_test_error"]}
+                       for r in records},
               "seconds": timer.seconds, "threads": torch.get_num_threads(),
-              "nets": records, "paper_test_error": {landscape_label(d, r): e for (d, r), e in PAPER_TEST_ERROR.items()}}
+              "paper_test_error": {landscape_label(d, r): e for (d, r), e in PAPER_TEST_ERROR.items()}}
     write_json(args.out / "results.json", result)
     write_readme(args, "ResNet vs ResNet-noshort loss landscapes (Li et al. 2018, Fig. 5-6)",
                  "Filter-normalized 2-D slices around the trained weights: ResNet-20 and ResNet-20-noshort both "

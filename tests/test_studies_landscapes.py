@@ -72,11 +72,14 @@ def test_slice_stats_on_known_surfaces():
 
 def test_resnet_vs_noshort_smoke(rvn):
     out, result = rvn
-    assert [n["label"] for n in result["nets"]] == ["ResNet-8", "ResNet-8-noshort"]
+    assert list(result["nets"]) == ["resnet8", "resnet8_noshort"]  # keyed by registry name
+    assert [n["label"] for n in result["nets"].values()] == ["ResNet-8", "ResNet-8-noshort"]
+    assert result["grid"] == [5, 5] and result["range"] == [-1, 1, -1, 1] and result["tier"] == "smoke"
+    assert all(n["test_error_pct"] == n["final_test_error"] for n in result["nets"].values())
     assert (out / "resnet8_vs_noshort_3d.html").stat().st_size > 1_000_000  # plotly.js embedded
     data = train_images(32)
     planes = []
-    for net in result["nets"]:
+    for net in result["nets"].values():
         s = read_surface(out / net["surface"])
         assert s.complete and s.values["train_loss"].shape == (5, 5)
         assert np.isfinite(s.values["train_loss"]).all() and (s.values["train_loss"] > 0).all()
@@ -165,7 +168,7 @@ def test_trajectory_smoke(tmp_path, runs):
 def test_hessian_ratio_smoke(tmp_path, runs, rvn):
     out, result = smoke(hessian_ratio, tmp_path, runs)
     data = train_images(8)
-    for net, scanned in zip(result["nets"], rvn[1]["nets"]):
+    for net, scanned in zip(result["nets"], rvn[1]["nets"].values()):
         s = read_surface(out / net["surface"])
         mx, mn = s.values["max_eig"], s.values["min_eig"]
         assert s.complete and np.isfinite(mx).all() and (mx > 0).all() and (mx >= mn).all()
