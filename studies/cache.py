@@ -12,7 +12,7 @@ from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from models import count_params, load_checkpoint
+from models import count_params, load_checkpoint, read_checkpoint, save_checkpoint
 from models.data import load_device_data
 from models.train import train
 from studies.common import REPO, repo_relative
@@ -38,6 +38,8 @@ def train_cached(config: Any, runs: Path) -> tuple[list[dict[str, Any]], Path]:
     it is already complete. Returns (per-epoch history, run folder holding final.pt)."""
     run = Path(runs) / run_key(config)
     metrics = run / "metrics.json"
+    if not (run / "final.pt").is_file():
+        restore_published(run)
     if (run / "final.pt").is_file() and metrics.is_file():
         history = json.loads(metrics.read_text())
         if len(history) == config.epochs:
@@ -84,3 +86,36 @@ def run_path(record: dict[str, Any]) -> Path:
     """The run folder of a :func:`trained_record` (stored there relative to the repository)."""
     run = Path(record["run"])
     return run if run.is_absolute() else REPO / run
+
+
+def published_path(run: Path) -> Path | None:
+    """A committed final checkpoint of this run (``results/<study>/nets/<run_key>.pt``), if any."""
+    found = sorted((REPO / "results").glob(f"*/nets/{Path(run).name}.pt"))
+    return found[0] if found else None
+
+
+def publish_net(run: Path, out: Path) -> Path:
+    """Commit-sized copy of a run's final model: ``out/nets/<run_key>.pt`` with the weights and the
+    metadata (configuration, per-epoch history) but no optimizer state, so that a fresh clone can
+    rescan or re-measure the net without retraining (:func:`train_cached` restores it)."""
+    ck = read_checkpoint(Path(run) / "final.pt")
+    model, _ = load_checkpoint(Path(run) / "final.pt")
+    dest = Path(out) / "nets" / f"{Path(run).name}.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dest, model, {k: v for k, v in ck["meta"].items() if k not in ("model", "model_kwargs", "version")})
+    return dest
+
+
+def restore_published(run: Path) -> bool:
+    """Put a published final model (see :func:`publish_net`) into ``run`` as final.pt and
+    metrics.json, so the run counts as trained; False if none was published."""
+    src = published_path(run)
+    if src is None:
+        return False
+    ck = read_checkpoint(src)
+    model, _ = load_checkpoint(src)
+    Path(run).mkdir(parents=True, exist_ok=True)
+    save_checkpoint(Path(run) / "final.pt", model, {k: v for k, v in ck["meta"].items()
+                                                     if k not in ("model", "model_kwargs", "version")})
+    (Path(run) / "metrics.json").write_text(json.dumps(ck["meta"]["history"], indent=1) + "\n")
+    return True

@@ -10,9 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from studies.cache import trained_record
+from studies.cache import publish_net, run_path, trained_record
 from studies.common import (depth_color, epoch_axis, fail, line_style, log_error_axis, new_figure, parse_args,
-                            save_figure)
+                            repo_relative, save_figure)
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
 from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, mean_sd
@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fail(str(err))
     v = verdict(records)
     figures = plot(records, args.out, template.dataset)
+    if args.mode == "cpu":  # the first seed's nets, so that others can rescan them without retraining
+        for r in records:
+            if r["seed"] == seeds[0]:
+                r["published"] = repo_relative(publish_net(run_path(r), args.out))
     test_n = records[0]["test_samples_n"]
     result = {"study": NAME, "tier": args.mode, "mode": args.mode, "dataset": template.dataset,
               "seeds": sorted({r["seed"] for r in records}), "train_samples": records[0]["train_samples_n"],

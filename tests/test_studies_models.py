@@ -209,3 +209,24 @@ def test_run_key_ignores_fields_left_at_their_defaults():
     Grown = make_dataclass("Grown", [("new_option", int, dc_field(default=0))], bases=(TrainConfig,), frozen=True)
     assert run_key(Grown(model="resnet8", dataset="synthetic", epochs=1)) == run_key(config)
     assert run_key(Grown(model="resnet8", dataset="synthetic", epochs=1, new_option=1)) != run_key(config)
+
+
+def test_published_nets_are_restored_instead_of_retrained(tmp_path, monkeypatch):
+    """A committed results/<study>/nets/<run_key>.pt makes a fresh clone's run cache complete: same
+    weights and history, no optimizer state in the committed file."""
+    from models.train import TrainConfig
+    from studies import cache
+
+    config = TrainConfig(model="resnet8", dataset="synthetic", data_kwargs={"image_size": 8, "size": 32},
+                         epochs=1, batch_size=16, device="cpu", progress=False)
+    history, run = cache.train_cached(config, tmp_path / "runs")
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(cache, "REPO", repo)
+    published = cache.publish_net(run, repo / "results" / "some_study")
+    assert published.name == f"{run.name}.pt" and models.read_checkpoint(published)["extra"] == {}
+    monkeypatch.setattr(cache, "train", lambda *_: pytest.fail("retrained a published net"))
+    again, run2 = cache.train_cached(config, tmp_path / "fresh_runs")
+    assert again == history
+    for a, b in zip(models.read_checkpoint(run / "final.pt")["state_dict"].values(),
+                    models.read_checkpoint(run2 / "final.pt")["state_dict"].values()):
+        assert torch.equal(a, b)
