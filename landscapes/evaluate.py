@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .fold import (FoldPair, fold_batchnorm, fold_state, fuse_conv_pointwise, onednn_fusion_available,
                    simplify_global_pool, trace)
+from .precision_compat import get_fp32_precision, set_fp32_precision
 
 State = dict[str, torch.Tensor]
 
@@ -316,11 +317,9 @@ def _swap_batchnorm(net: nn.Module, mode: str) -> list[_PointBatchNorm]:
 def _precision(dtype: str, device: torch.device) -> Iterator[None]:
     """Scoped numeric mode: true fp32 (no TF32), TF32, or bf16 autocast; restores the flags."""
     cuda = device.type == "cuda"
-    saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    saved = get_fp32_precision()
     if cuda:
-        mode = "tf32" if dtype == "tf32" else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = mode
-        torch.backends.cudnn.conv.fp32_precision = mode
+        set_fp32_precision("tf32" if dtype == "tf32" else "ieee")
     try:
         if dtype == "bfloat16":
             with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -329,7 +328,7 @@ def _precision(dtype: str, device: torch.device) -> Iterator[None]:
             yield
     finally:
         if cuda:
-            torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+            set_fp32_precision(saved)
 
 
 def _check_coords(coords: torch.Tensor | Sequence, n_dirs: int) -> torch.Tensor:

@@ -12,16 +12,9 @@ from typing import Any
 
 import torch
 
+from models.data import default_data_root
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def default_data_root() -> str:
-    """$RESNET_TOOLKIT_DATA, else the shared MNIST beside the repo, else ./data."""
-    env = os.environ.get("RESNET_TOOLKIT_DATA")
-    if env:
-        return env
-    shared = REPO.parent / "shared" / "datasets"
-    return str(shared if shared.is_dir() else REPO / "data")
 
 
 # The tiers a study runs in. "cpu" is the one whose results are committed under results/<study>/:
@@ -96,8 +89,7 @@ def parse_args(name: str, description: str, argv: list[str] | None = None,
     p.add_argument("--out", type=Path, default=None,
                    help=f"results folder (default results/{name} for --cpu, runs/<tier>/{name} otherwise)")
     p.add_argument("--overwrite", action="store_true", help="replace another tier's results in --out")
-    p.add_argument("--data-root", default=None, help="data sets folder (default $RESNET_TOOLKIT_DATA, "
-                                                      "../shared/datasets or ./data)")
+    p.add_argument("--data-root", default=None, help="data sets folder (default $RESNET_TOOLKIT_DATA, else ./data)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "studies",
