@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
-from .evaluate import point_state
+from .reference import point_state
 
 if TYPE_CHECKING:
     from .scan import ScanConfig

@@ -28,7 +28,8 @@ from models.data import DATASETS, DeviceData, load_device_data
 
 from .directions import (DIR_TYPES, IGNORES, NORMS, DirectionConfig, State, cosine, create_directions,
                          direction_file_info, directions_digest, load_directions, resolve_dir_type, save_directions)
-from .evaluate import BN_MODES, COMPILE_MODES, DTYPES, ENGINES, EvalConfig, EvalInfo, Evaluator
+from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfig, EvalInfo
+from .evaluate import Evaluator
 from .surface import Surface, SurfaceConflictError, SurfaceStore, read_surface
 
 __all__ = ["Axis", "parse_axis", "ScanConfig", "ScanResult", "ScanSetup", "prepare_scan", "compute_surface", "scan",
@@ -661,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "thread count; each thread then runs one intra-op thread)")
     g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the forward (reduce-overhead: CUDA graphs)")
     g.add_argument("--device", default=ScanConfig.device, help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default=ScanConfig.dtype, choices=DTYPES)
+    g.add_argument("--dtype", default=ScanConfig.dtype, choices=EVAL_DTYPES)
     g.add_argument("--bn", default=ScanConfig.bn, choices=BN_MODES,
                    help="BN statistics: stored (paper), recalibrate at each point, batch")
     g.add_argument("--calibration-samples", type=int, help="--bn recalibrate: first N images (default: all)")
