@@ -31,6 +31,7 @@ from .directions import State
 from .evalconfig import BatchingFallbackWarning, EvalConfig, EvalInfo
 from .fold import (FoldPair, fold_batchnorm, fold_state, fuse_conv_pointwise, onednn_fusion_available,
                    simplify_global_pool, trace)
+from .grid import spread_indices
 from .inputs import check_coords, check_data, check_state, select_calibration_data
 from .pointbn import PointBatchNorm, swap_batchnorm
 from .precision import precision
@@ -522,7 +523,7 @@ class Evaluator:
         float32, re-running ``n_points`` of them (evenly spread; default config.deviation_points)."""
         coords = check_coords(coords, self.n_dirs)
         n_points = self.config.deviation_points if n_points is None else n_points
-        idx = torch.linspace(0, coords.shape[0] - 1, min(n_points, coords.shape[0])).round().long().unique()
+        idx = torch.from_numpy(spread_indices(coords.shape[0], n_points))
         ref_loss, ref_acc, _ = self.evaluate(coords[idx], dtype="float32")
         d_loss = (loss[idx] - ref_loss).abs()
         return {"points": float(len(idx)), "max_abs_loss": d_loss.max().item(),
