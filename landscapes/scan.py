@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from models import load_checkpoint, resolve_name
+from models import load_checkpoint, resolve_device, resolve_name
 from models.checkpoint import package_version, sha256
 from models.data import DATASETS, DeviceData, load_device_data
 from models.registry import parse_key_values  # one parser for KEY=VALUE options across CLIs
@@ -327,15 +327,7 @@ def _resolve_checkpoint(config: ScanConfig) -> Path:
 
 
 def _device(config: ScanConfig, world: int) -> torch.device:
-    name = config.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {config.device!r} asked for but CUDA is not available here; use --device cpu")
-        if world > 1 and name == "cuda":
-            name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return torch.device(name)
+    return resolve_device(config.device, world)
 
 
 def _data_digest(data: DeviceData) -> str:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_path, read_checkpoint, save_checkpoint
 from .data import DATASETS, DeviceData, load_device_data
+from .device import resolve_device
 from .registry import build, parse_key_values, resolve_name
 
 __all__ = ["TrainConfig", "RunConflictError", "train", "evaluate", "lr_at", "warmup_enabled", "main"]
@@ -126,9 +127,7 @@ def lr_at(config: TrainConfig, step: int, total_steps: int, warming: bool = Fals
 
 
 def _device(config: TrainConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    return resolve_device(config.device)
 
 
 def _autocast(device: torch.device, amp: bool) -> torch.autocast:
