@@ -30,12 +30,12 @@ from .directions import State, save_directions
 from .surface import open_hdf5
 
 FORMAT = "resnet-toolkit/1"
-IGNORES = ("biasbn", "none")
+PCA_IGNORES = ("biasbn", "none")
 PROJECTIONS = ("lstsq", "cos")
 # Where the columns of the difference matrix are read in pieces, so float64 copies stay small.
 _CHUNK = 1 << 20
 
-__all__ = ["PCAConfig", "PCADirections", "Projection", "TrajectoryConfig", "TrajectoryResult", "IGNORES",
+__all__ = ["PCAConfig", "PCADirections", "Projection", "TrajectoryConfig", "TrajectoryResult", "PCA_IGNORES",
            "PROJECTIONS", "difference_matrix", "pca_directions", "project", "save_pca_directions",
            "write_projection", "read_projection", "projection_path", "run_checkpoints", "pca_trajectory", "main"]
 
@@ -59,8 +59,8 @@ class PCAConfig:
     projection: str = "lstsq"
 
     def __post_init__(self) -> None:
-        if self.ignore not in IGNORES:
-            raise ValueError(f"ignore must be one of {', '.join(IGNORES)}; got {self.ignore!r}")
+        if self.ignore not in PCA_IGNORES:
+            raise ValueError(f"ignore must be one of {', '.join(PCA_IGNORES)}; got {self.ignore!r}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}; got {self.projection!r}")
 
@@ -121,8 +121,8 @@ def difference_matrix(states: Sequence[StateOrPath], final: State, names: Sequen
     the parameters ``names`` in order. ``ignore="biasbn"`` zeroes the 1-D tensors, which are then
     simply left out of the columns (N counts the kept tensors only). A ResNet-56 run of 300
     epochs is 300 x 0.85M floats, 1 GB; the differences are taken in float64."""
-    if ignore not in IGNORES:
-        raise ValueError(f"ignore must be one of {', '.join(IGNORES)}; got {ignore!r}")
+    if ignore not in PCA_IGNORES:
+        raise ValueError(f"ignore must be one of {', '.join(PCA_IGNORES)}; got {ignore!r}")
     kept = _kept(names, final, ignore)
     numel = sum(final[n].numel() for n in kept)
     M = torch.empty((len(states), numel), dtype=torch.float32)
@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", nargs="+", help="explicit checkpoint files in path order (instead of run_dir)")
     p.add_argument("--final", help="the model the plane is centred on (default: RUN_DIR/final.pt)")
     p.add_argument("--model", help="model name, needed only for reference-project checkpoints")
-    p.add_argument("--ignore", default=PCAConfig.ignore, choices=IGNORES,
+    p.add_argument("--ignore", default=PCAConfig.ignore, choices=PCA_IGNORES,
                    help="biasbn: zero biases and BN parameters in the offsets (the paper)")
     p.add_argument("--no-center", dest="center", action="store_false",
                    help="decompose the raw offsets instead of their spread around the mean")

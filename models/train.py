@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_path, read_checkpoint, save_checkpoint
 from .data import DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data, normalization_constants
+from .device import resolve_device
 from .locking import LockHeldError, file_lock
 from .registry import build, parse_key_values, resolve_name
 
@@ -138,9 +138,7 @@ def lr_at(config: TrainConfig, step: int, total_steps: int, warming: bool = Fals
 
 
 def _device(config: TrainConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    return resolve_device(config.device)
 
 
 def _autocast(device: torch.device, amp: bool) -> torch.autocast:

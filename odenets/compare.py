@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from models import build, load_checkpoint
+from models import build, load_checkpoint, resolve_device
 from models.data import DATASETS, DataNotFoundError, DeviceData, default_data_root, load_device_data
 from models.ode import ADAPTIVE_METHODS, counted_blocks, nfe, ode_blocks
 from models.summary import count_params
@@ -114,12 +114,6 @@ def _run_dir(config: CompareConfig, entry: str) -> Path:
     return Path(config.runs) / f"{slug}_{config.dataset}"
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """NFE of one training step (forward + backward, no update) on a fixed batch."""
     model.train()
@@ -142,7 +136,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     """Train (or reuse) every model, measure it, sweep solvers on one trained field, and write
     ``out/compare.json`` and ``out/compare.md``. Returns the JSON document."""
     start = time.perf_counter()
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     info = DATASETS[config.dataset]
     test = load_device_data(config.dataset, config.data_root, "test", config.test_samples, device,
                             offer_download=False, **config.data_kwargs)  # this command has no --download

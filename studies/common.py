@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
+from models import resolve_device
 from models.data import default_data_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,15 +106,9 @@ def parse_args(name: str, description: str, argv: list[str] | None = None,
         p.exit(2, f"error: {err}\n")
     out.mkdir(parents=True, exist_ok=True)
     print(f"{name}: {mode_name} tier, writing {repo_relative(out)}/", file=sys.stderr)
-    return StudyArgs(name, mode_name, out, ns.data_root or default_data_root(), resolve_device(ns.device),
+    return StudyArgs(name, mode_name, out, ns.data_root or default_data_root(), str(resolve_device(ns.device)),
                      ns.seed, {k: v for k, v in vars(ns).items() if k not in common}, ns.runs,
                      ns.download)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def fail(message: str) -> None:

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from models import resolve_device
 from odenets.compare import PAPER, CompareConfig, compare
 from odenets.plots import plot_compare
 from studies.common import REPO, fail, parse_args
@@ -48,11 +49,9 @@ PAPER_NOTE = ("Chen et al. Table 1 (MNIST): 1-layer MLP 1.60% / 0.24M; ResNet 0.
 def same_settings(doc: dict[str, Any], config: Any) -> bool:
     """Whether a compare.json document was computed with ``config`` on this kind of device (paths
     and verbosity aside)."""
-    from odenets.compare import _resolve_device
-
     mine = json.loads(json.dumps(asdict(config)))
     saved = doc.get("config", {})
-    return doc.get("device") == str(_resolve_device(config.device)) and all(
+    return doc.get("device") == str(resolve_device(config.device)) and all(
         saved.get(k) == v for k, v in mine.items() if k not in _NOT_IDENTITY)
 
 

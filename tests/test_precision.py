@@ -4,8 +4,7 @@ from types import SimpleNamespace
 
 import torch
 
-from landscapes.evaluate import _precision
-from landscapes.precision_compat import get_fp32_precision, set_fp32_precision
+from landscapes.precision import get_fp32_precision, precision, set_fp32_precision
 
 
 def test_new_api_is_used_and_restored():
@@ -24,8 +23,8 @@ def test_falls_back_to_allow_tf32_when_fp32_precision_is_absent(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda, "matmul", SimpleNamespace(allow_tf32=False))
     monkeypatch.setattr(torch.backends, "cudnn", SimpleNamespace(allow_tf32=True))  # no .conv
     assert get_fp32_precision() == (False, True)
-    with _precision("tf32", torch.device("cuda")):
+    with precision("tf32", torch.device("cuda")):
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
-    with _precision("float32", torch.device("cuda")):
+    with precision("float32", torch.device("cuda")):
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
     assert get_fp32_precision() == (False, True)  # restored
