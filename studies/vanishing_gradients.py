@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 import models
 from models.data import DATASETS, load_device_data
-from studies.common import (Timer, fail, parse_args, write_json, write_readme)
+from studies.common import fail, parse_args
 from studies.figures import curve_style, family_color, new_figure, save_figure
+from studies.report import Timer, write_json, write_readme
 
 NAME = "vanishing_gradients"
 CHAIN_VARIANTS = ("plain", "plain+BN", "residual", "residual+BN")
