@@ -100,7 +100,7 @@ def plot(records: list[dict[str, Any]], out: Path, dataset: str) -> list[str]:
         ax.errorbar(depths, [m for m, _ in stats], yerr=[0 if math.isnan(sd) else sd for _, sd in stats],
                     fmt="o-", color=family_color(residual), capsize=3, label=f"{name}: training")
     ax.set(xlabel="depth (layers)", ylabel="final training error (%)",
-           title="Final training error vs depth (mean ± sd over seeds)")
+           title="Final training error vs depth\n(mean ± sd over seeds)")
     log_error_axis(ax)
     ax.set_xticks(sorted({r["depth"] for r in records}))
     ax.grid(True, which="both", alpha=0.3)
