@@ -167,9 +167,14 @@ def _write_panels(panels, path, config: PlotConfig, trajectory: Projection | Non
             sc = shared_scale(name0, [g[2] for g in grids], replace(config, log=mode == "log", zmax=cap)) \
                 if cap is not None else _uncapped(name0, grids, config, mode == "log")
             states[f"{mode}|{'none' if cap is None else f'{cap:g}'}"] = _state(sc, vname, config.cmap)
+    finite = allz[np.isfinite(allz)]
+    for st_ in states.values():  # heights reach the lowest value even where colours stop above it
+        low = finite[finite > 0] if st_["log"] else finite
+        if low.size:
+            st_["zlo"] = min(st_["lo"], float(np.log10(low.min())) if st_["log"] else float(low.min()))
     mode0 = "log" if scale.log else "linear"
     key0 = f"{mode0}|{'none' if scale.cap is None else f'{scale.cap:g}'}"
-    st = states[key0] if key0 in states else _state(scale, vname, config.cmap)
+    st = states[key0]
     n = len(panels)
     fig = make_subplots(rows=2, cols=n, specs=[[{"type": "surface"}] * n, [{"type": "xy"}] * n],
                         subplot_titles=[lab for _, _, lab in panels] + [f"{lab}: contours" for _, _, lab in panels],
@@ -240,11 +245,12 @@ def _write_panels(panels, path, config: PlotConfig, trajectory: Projection | Non
                                               "tickvals": st["tickvals"], "ticktext": st["ticktext"],
                                               "len": 0.9, "y": 0.5, "x": 1.01}})
     fig.add_annotation(text=_cap_note(scale.cap, over_total, int(np.isfinite(allz).sum())), name="cap-note",
-                       xref="paper", yref="paper", x=0.0, y=1.075, xanchor="left", yanchor="bottom",
+                       xref="paper", yref="paper", x=0.0, y=1.035, xanchor="left", yanchor="bottom",
                        showarrow=False, font={"size": 12, "color": "#444"}, align="left")
     _controls(fig, states, mode0, caps, scale.cap)
     fig.update_layout(title={"text": title.replace("\n", "<br>"), "font": {"size": 15}, "y": 0.985},
-                      template="plotly_white", height=_PAGE_HEIGHT, margin={"t": 150, "l": 60, "r": 40, "b": 70},
+                      template="plotly_white", height=_PAGE_HEIGHT, width=max(900, 560 * n + 240),
+                      margin={"t": 150, "l": 60, "r": 40, "b": 70},
                       legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.06, "yanchor": "top"},
                       hoverlabel={"font": {"size": 12}})
     script = _SCRIPT.replace("__STATES__", json.dumps(states)).replace("__RAW__", json.dumps(raw)) \
@@ -262,7 +268,7 @@ def _uncapped(name: str, grids, config: PlotConfig, log: bool) -> Scale:
 
 
 def _zaxis(st: dict, vname: str) -> dict:
-    z = {"title": {"text": vname}, "range": [st["lo"], st["hi"]]}
+    z = {"title": {"text": vname}, "range": [st.get("zlo", st["lo"]), st["hi"]]}
     if st["log"]:
         z.update(tickvals=st["tickvals"][:len(st["tickvals"]) - (st["cap"] is not None)],
                  ticktext=st["ticktext"][:len(st["ticktext"]) - (st["cap"] is not None)])
@@ -282,24 +288,26 @@ def _controls(fig, states: dict, mode0: str, caps: list, cap0: float | None) -> 
     modes = sorted({k.split("|")[0] for k in states}, key=("linear", "log").index)
     menus = []
     if len(modes) > 1:
-        menus.append({"type": "buttons", "direction": "right", "x": 0.5, "xanchor": "right", "y": 1.12,
-                      "yanchor": "bottom", "showactive": True, "active": modes.index(mode0),
+        menus.append({"type": "buttons", "direction": "right", "x": 0.5, "xanchor": "right", "y": 1.115,
+                      "yanchor": "top", "showactive": True, "active": modes.index(mode0),
                       "buttons": [{"label": f"{m} scale", "method": "skip", "args": [m]} for m in modes]})
     fig.update_layout(updatemenus=menus)
     if len(caps) > 1:
         keys = ["none" if c is None else f"{c:g}" for c in caps]
         fig.update_layout(sliders=[{
-            "active": keys.index("none" if cap0 is None else f"{cap0:g}"), "x": 0.56, "len": 0.44, "y": 1.12,
-            "yanchor": "bottom", "pad": {"t": 0, "b": 0}, "currentvalue": {"prefix": "cap: ", "font": {"size": 12}},
+            "active": keys.index("none" if cap0 is None else f"{cap0:g}"), "x": 0.56, "len": 0.44, "y": 1.125,
+            "yanchor": "top", "pad": {"t": 0, "b": 0}, "currentvalue": {"visible": False},
             "steps": [{"label": "none" if c is None else f"{c:g}", "value": k, "method": "skip", "args": [k]}
                       for c, k in zip(caps, keys)]}])
+        fig.add_annotation(text="cap:", xref="paper", yref="paper", x=0.555, y=1.105, xanchor="right",
+                           yanchor="top", showarrow=False, font={"size": 12})
 
 
 def _save(fig, path, self_contained: bool, script: str = "") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(path), include_plotlyjs=True if self_contained else "directory", full_html=True,
-                   post_script=script or None, config={"displaylogo": False, "responsive": True})
+                   post_script=script or None, config={"displaylogo": False})
     return path
 
 
@@ -366,7 +374,7 @@ _SCRIPT = r"""
                'coloraxis.colorbar.title.text': st.title};
     var n = st.tickvals.length - (c !== null ? 1 : 0);
     Object.keys(gd.layout).filter(function (k) { return /^scene\d*$/.test(k); }).forEach(function (s) {
-      lay[s + '.zaxis.range'] = [st.lo, st.hi];
+      lay[s + '.zaxis.range'] = [st.zlo === undefined ? st.lo : st.zlo, st.hi];
       lay[s + '.zaxis.tickvals'] = st.log ? st.tickvals.slice(0, n) : null;
       lay[s + '.zaxis.ticktext'] = st.log ? st.ticktext.slice(0, n) : null;
     });
