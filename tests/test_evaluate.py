@@ -309,10 +309,10 @@ def test_memory_budget_limits_the_engine():
 class TinyDevice(Evaluator):
     """An Evaluator whose device 'runs out of memory' above 6 image-evaluations per forward."""
 
-    def _chunk(self, nets, c, k_pass, b, batched):
+    def _chunk(self, nets, c, k_pass, b, batched, images=slice(None)):
         if k_pass * b > 6:
             raise torch.OutOfMemoryError("simulated")
-        return super()._chunk(nets, c, k_pass, b, batched)
+        return super()._chunk(nets, c, k_pass, b, batched, images)
 
 
 def test_out_of_memory_halves_the_pass_and_continues():
