@@ -40,7 +40,7 @@ from models.data import DeviceData
 from .evaluate import EvalConfig, Evaluator
 
 __all__ = ["SamplingConfig", "image_order", "ordered", "standard_error", "stopped", "sampled_names",
-           "compute_sampled", "precision_note", "SUMS"]
+           "compute_sampled", "precision_note", "se_hover", "sampling_summary", "SUMS"]
 
 # Per split: stored running sums (float64 datasets, exact for counts below 2**53).
 SUMS = ("n", "loss_sum", "loss_sumsq", "correct")
@@ -261,6 +261,18 @@ def precision_note(surface) -> str | None:
     evals, full = a.get("image_evaluations"), a.get("image_evaluations_full")
     cost = f" · {100 * evals / full:.3g}% of the full image-evaluations" if evals and full else ""
     return f"{head} · {spread}{cost}"
+
+
+def se_hover(surface, name: str) -> dict[str, Any]:
+    """Plotly hover text "value ± SE (n images)" for ``name`` where the surface stores its SE, else {}."""
+    se = surface.values.get(f"{name}_se")
+    if se is None:
+        return {}
+    split = name.rpartition("_")[0]
+    n = surface.values.get(f"{split}_n", np.full(se.shape, np.nan))
+    text = [[f"{v:.4g} ± {e:.2g} (1 SE, {k:.0f} images)" if np.isfinite(v) else "not computed"
+             for v, e, k in zip(*rows)] for rows in zip(surface.values[name], se, n)]
+    return {"text": text, "hovertemplate": "α %{x:.3g}, β %{y:.3g}<br>%{text}<extra></extra>"}
 
 
 def sampling_summary(values: Mapping[str, np.ndarray], split: str = "train") -> dict[str, Any]:

@@ -381,7 +381,10 @@ def test_bench_runs_both_loops_and_prints_ratio_last(capsys, tmp_path):
     coords = bench.grid_coords(3)
     assert coords[:3, 1].eq(-1).all() and coords[:3, 0].tolist() == [-1.0, 0.0, 1.0]  # x fastest
     results = tmp_path / "RESULTS.md"
-    assert bench.main(["--model", "resnet8", "--grid", "2", "--samples", "12", "--results", str(results)]) == 0
+    args = ["--model", "resnet8", "--grid", "2", "--samples", "12", "--results", str(results)]
+    assert bench.main(args) == 0 and not results.exists()  # a plain run records nothing
+    capsys.readouterr()
+    assert bench.main(args + ["--record"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
     header, _, row = results.read_text().strip().splitlines()  # a new file gets the header first

@@ -286,3 +286,27 @@ def test_two_rank_gloo_adaptive_scan_equals_single_process(ckpt, tmp_path):
     assert b.attrs["world_size"] == 2
     for name, v in a.values.items():
         np.testing.assert_array_equal(b.values[name], v, err_msg=name)
+
+
+def test_surface_bench_prints_errors_and_ratio_last_and_records_only_when_asked(ckpt, tmp_path, capsys,
+                                                                                monkeypatch):
+    import importlib.util
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("surface_bench", REPO / "bench" / "surface_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "surface_bench", bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    results = tmp_path / "RESULTS.md"
+    args = ["--model", "resnet8", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--grid", "5", "--subgrid",
+            "3", "--samples", "300", "--sample-chunk", "50", "--precision", "0.01", "--results", str(results)]
+    assert bench.main(args) == 0 and not results.exists()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
+    values = {line.split(":")[0]: line.split(":", 1)[1].strip() for line in lines if ":" in line}
+    assert 0 <= float(values["p99 relative error"]) < 0.05 and 0 <= float(values["within 2 SE"]) <= 1
+    full = next(line for line in lines if line.startswith("full:"))
+    assert full.endswith(f"{9 * 300} image-evaluations")  # the 3 x 3 subgrid, measured
+    assert any(line.startswith("extrapolated to 5x5") for line in lines)
+    assert bench.main(args + ["--record"]) == 0
+    header, _, row = results.read_text().strip().splitlines()
+    assert header.count("|") == row.count("|") and "| 5x5 (3x3) |" in row
