@@ -79,8 +79,9 @@ def test_image_order_is_a_seeded_permutation():
 
 
 @pytest.mark.parametrize("engine", ["loop", "batched"])
-def test_engine_sums_equal_plain_per_image_losses(setup, engine):
+def test_engine_sums_equal_plain_per_image_losses(setup, engine, device):
     model, center, dirs, data = setup
+    data = data.to(device)
     coords = torch.tensor([[0.0, 0.0], [0.5, -0.3], [-1.0, 1.0]], dtype=torch.float64)
     ev = Evaluator(model, center, dirs, data, EvalConfig(engine=engine, workers=2, batch_size=32))
     loss, sq, correct = ev.sums(coords, slice(40, 140))
@@ -88,31 +89,33 @@ def test_engine_sums_equal_plain_per_image_losses(setup, engine):
     for i, c in enumerate(coords.tolist()):
         net.load_state_dict(point_state(center, dirs, c))
         with torch.no_grad():
-            out = net(data.x[40:140]).double()
-        ce = F.cross_entropy(out, data.y[40:140], reduction="none")
+            out = net(data.x[40:140].cpu()).double()
+        ce = F.cross_entropy(out, data.y[40:140], reduction="none").cpu()
         assert loss[i].item() == pytest.approx(ce.sum().item(), rel=1e-5)
         assert sq[i].item() == pytest.approx(ce.square().sum().item(), rel=1e-5)
-        assert correct[i].item() == (out.argmax(1) == data.y[40:140]).sum().item()
+        assert correct[i].item() == (out.argmax(1) == data.y[40:140].cpu()).sum().item()
 
 
 def _grid() -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(-1, 1, 3), np.linspace(-0.5, 0.5, 2)
 
 
-def _adaptive(setup, config: SamplingConfig, store=None, engine="loop", workers=2):
+def _adaptive(setup, config: SamplingConfig, store=None, engine="loop", workers=2, device="cpu"):
     model, center, dirs, data = setup
+    data = data.to(device)
     x, y = _grid()
     return compute_surface(model, dirs, x, y, {"train": data}, EvalConfig(engine=engine, workers=workers),
                            center=center, store=store, chunk_size=4, progress=False, sampling=config)
 
 
 @pytest.mark.parametrize("engine", ["loop", "batched"])
-def test_adaptive_at_zero_tolerance_equals_the_full_evaluation(setup, engine):
+def test_adaptive_at_zero_tolerance_equals_the_full_evaluation(setup, engine, device):
     model, center, dirs, data = setup
+    data = data.to(device)
     x, y = _grid()
     full = compute_surface(model, dirs, x, y, {"train": data}, EvalConfig(engine=engine), center=center,
                            progress=False)
-    ad = _adaptive(setup, SamplingConfig(precision=0.0, chunk=64), engine=engine)
+    ad = _adaptive(setup, SamplingConfig(precision=0.0, chunk=64), engine=engine, device=device)
     assert ad.complete and (ad.values["train_n"] == len(data)).all()
     np.testing.assert_allclose(ad.values["train_loss"], full.values["train_loss"], rtol=1e-6)
     np.testing.assert_array_equal(ad.values["train_acc"], full.values["train_acc"])
@@ -186,7 +189,10 @@ def test_killed_adaptive_scan_resumes_bit_for_bit(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(SurfaceStore, "flush", real)
     cut = read_surface(tmp_path / "cut.h5")
     assert 0 < cut.values["train_n"].sum() < whole.values["train_n"].sum()
-    assert np.isfinite(cut.values["train_loss"]).any()
+    assert np.isfinite(cut.values["train_loss"]).all()  # killed after the first round: a whole picture
+    from landscapes.plot import plot_2d
+    title = plot_2d(cut, "contour")._suptitle.get_text()
+    assert f"partial: {int(cut.done.sum())}/6 points at the requested precision (1%)" in title
     with store(tmp_path / "cut.h5") as s:
         _adaptive(setup, cfg, store=s)
     resumed = read_surface(tmp_path / "cut.h5")
@@ -245,6 +251,7 @@ def _adaptive_bad(setup, ev: EvalConfig):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("ck")
+    torch.manual_seed(0)  # the same net at every run
     models.save_checkpoint(d / "a.pt", trained_like(models.build("resnet8")),
                            meta={"config": {"dataset": "synthetic", "data_kwargs": DATA_KW}})
     return d / "a.pt"
@@ -262,6 +269,10 @@ def test_cli_scan_with_precision_stores_errors_and_resumes_at_a_tighter_precisio
     tight = read_surface(out)
     assert (tight.values["train_n"] >= loose.values["train_n"]).all()
     assert tight.values["train_n"].sum() > loose.values["train_n"].sum()
+    from landscapes.plot import main as plot_main
+    plot_main([str(out), "--se", "--out", str(tmp_path / "png")])
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a_train_loss_contour.png",
+                                                                   "a_train_loss_se_contour.png"]
     with pytest.raises(SystemExit) as err:  # another image order is another surface
         main(args + ["--precision", "0.05", "--sample-seed", "1"])
     assert err.value.code == 2
