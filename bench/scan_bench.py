@@ -291,15 +291,24 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                        results=a.results if a.record else None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_from_args(parse, run, argv: list[str] | None):
+    """(config, result) of a bench run from its command line (``parse``: argv -> config with a
+    ``threads`` field; ``run``: config -> result), or None after printing a usage error."""
     try:
-        config = parse_args(argv)
+        config = parse(argv)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        result = run_bench(config)
+        return config, run(config)
     except (ValueError, FileNotFoundError, DataNotFoundError, models.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    done = run_from_args(parse_args, run_bench, argv)
+    if done is None:
         return 2
+    config, result = done
     i = result.info
     print(f"machine: {machine_name(torch.device(config.device))}; torch {torch.__version__}")
     print(f"work: {config.model} on {config.samples} {config.dataset} images, {config.grid}x{config.grid} grid, "

@@ -39,9 +39,9 @@ from landscapes.evaluate import DTYPES, ENGINES, EvalConfig, Evaluator  # noqa: 
 from landscapes.sampling import SamplingConfig, compute_sampled, ordered, sampled_names, sampling_summary  # noqa: E402
 from landscapes.scan import grid_coords, value_names  # noqa: E402
 from landscapes.surface import SurfaceStore  # noqa: E402
-from models.data import DATASETS, DataNotFoundError, load_device_data  # noqa: E402
+from models.data import DATASETS, load_device_data  # noqa: E402
 from models.train import TrainConfig, train  # noqa: E402
-from scan_bench import RESULTS, code_version, machine_name  # noqa: E402  (bench/ is on sys.path as a script)
+from scan_bench import RESULTS, code_version, machine_name, run_from_args  # noqa: E402  (bench/ is on sys.path as a script)
 
 HEADER = ("| date | code | machine | model | data | grid (measured) | images | device | dtype | precision | "
           "full s | adaptive s | full img-evals | adaptive img-evals | p99 rel. err | within 2 SE | ratio | "
@@ -222,14 +222,10 @@ def parse_args(argv: list[str] | None = None) -> SurfaceBenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
-        r = run_bench(config)
-    except (ValueError, FileNotFoundError, DataNotFoundError, models.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    done = run_from_args(parse_args, run_bench, argv)
+    if done is None:
         return 2
+    config, r = done
     s, m = config.sampling, r.summary
     print(f"machine: {machine_name(torch.device(config.device))}; torch {torch.__version__}")
     measured = f"{r.points} points" + (f" ({config.subgrid}x{config.subgrid} subgrid of {config.grid}x{config.grid})"

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import models
 from landscapes.evaluate import EvalConfig, Evaluator, point_state
 from landscapes.sampling import (SamplingConfig, image_order, ordered, precision_note, standard_error, stopped)
-from landscapes.scan import ScanConfig, compute_surface, main, scan
+from landscapes.scan import compute_surface, main
 from landscapes.surface import SurfaceStore, read_surface
 from models.data import DeviceData, make_synthetic
 
