@@ -159,8 +159,8 @@ def compute_sampled(evaluators: Mapping[str, Evaluator], coords: torch.Tensor, s
     """
     splits = list(evaluators)
     sizes = {s: len(ev.data) for s, ev in evaluators.items()}
-    if world > 1:  # ranks > 0 hold an empty mirror: take rank 0's sums
-        box = [{f"{s}_{k}": store.values[f"{s}_{k}"] for s in splits for k in SUMS}]
+    if world > 1:  # ranks > 0 hold an empty mirror: take rank 0's values and sums
+        box = [dict(store.values)]
         dist.broadcast_object_list(box, src=0)
         for name, v in box[0].items():
             store.values[name] = np.asarray(v, dtype=np.float64).copy()
