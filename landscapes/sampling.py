@@ -234,9 +234,9 @@ def _record(store, split: str, index: np.ndarray, sums: Mapping[str, np.ndarray]
 
 
 def precision_note(surface) -> str | None:
-    """One line saying at what precision an adaptive surface's loss stands, e.g. "partial: 40/81
-    points at the requested 2% · loss SE median 3.1%, max 12% of the value"; None for a surface
-    without standard errors."""
+    """One short line saying at what precision an adaptive surface's loss stands, e.g. "partial:
+    40/81 points at SE ≤ 2% (median 3.1%, max 12% of the loss) · 5.1% of the full cost"; None for
+    a surface without standard errors."""
     names = [n for n in surface.values if n.endswith("_loss_se")]
     if not names:
         return None
@@ -251,16 +251,14 @@ def precision_note(surface) -> str | None:
     rel = rel[np.isfinite(rel)]
     a = surface.attrs
     want = a.get("sampling_precision")
+    target = f"SE ≤ {100 * want:g}%" if isinstance(want, (int, float)) and want > 0 else "the requested SE"
     done = int(np.asarray(surface.done).sum()) if surface.done is not None else int(seen.sum())
     size = int(np.asarray(loss).size)
-    head = "adaptive" if done == size else f"partial: {done}/{size} points at the requested precision"
-    if isinstance(want, (int, float)) and want > 0:
-        head += f" ({100 * want:g}%)"
-    spread = f"loss SE median {100 * np.median(rel):.2g}%, max {100 * rel.max():.2g}% of the value" if rel.size \
-        else "loss SE 0"
+    head = f"adaptive, {target}" if done == size else f"partial: {done}/{size} points at {target}"
+    spread = f" (median {100 * np.median(rel):.2g}%, max {100 * rel.max():.2g}% of the loss)" if rel.size else ""
     evals, full = a.get("image_evaluations"), a.get("image_evaluations_full")
-    cost = f" · {100 * evals / full:.3g}% of the full image-evaluations" if evals and full else ""
-    return f"{head} · {spread}{cost}"
+    cost = f" · {100 * evals / full:.3g}% of the full cost" if evals and full else ""
+    return f"{head}{spread}{cost}"
 
 
 def se_hover(surface, name: str) -> dict[str, Any]:

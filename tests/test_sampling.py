@@ -192,7 +192,7 @@ def test_killed_adaptive_scan_resumes_bit_for_bit(setup, tmp_path, monkeypatch):
     assert np.isfinite(cut.values["train_loss"]).all()  # killed after the first round: a whole picture
     from landscapes.plot import plot_2d
     title = plot_2d(cut, "contour")._suptitle.get_text()
-    assert f"partial: {int(cut.done.sum())}/6 points at the requested precision (1%)" in title
+    assert f"partial: {int(cut.done.sum())}/6 points at SE ≤ 1% (median " in title
     with store(tmp_path / "cut.h5") as s:
         _adaptive(setup, cfg, store=s)
     resumed = read_surface(tmp_path / "cut.h5")
@@ -226,10 +226,10 @@ def test_precision_note_says_how_precise_a_partial_surface_is(setup, tmp_path):
     ad = _adaptive(setup, SamplingConfig(precision=0.1, chunk=50))
     ad.done[0, 0] = False
     note = precision_note(ad)
-    assert note.startswith("partial: 5/6 points at the requested precision (10%)")
-    assert "loss SE median" in note
+    assert note.startswith("partial: 5/6 points at SE ≤ 10% (median ")
+    assert note.endswith("% of the full cost")
     full = _adaptive(setup, SamplingConfig(precision=0.1, chunk=50))
-    assert precision_note(full).startswith("adaptive (10%)")
+    assert precision_note(full).startswith("adaptive, SE ≤ 10% (median ")
 
 
 def test_unsupported_modes_fail_with_one_line(setup):
