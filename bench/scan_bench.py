@@ -25,7 +25,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import models
 from landscapes.directions import DirectionConfig, create_directions
-from landscapes.evaluate import COMPILE_MODES, DTYPES, ENGINES, EvalConfig, EvalInfo, Evaluator, point_state
+from landscapes.evalconfig import COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfig, EvalInfo
+from landscapes.evaluate import Evaluator
+from landscapes.reference import point_state
 from models.data import DATASETS, SYNTHETIC_SIZES, DataNotFoundError, DeviceData, load_split
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -270,7 +272,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
     p.add_argument("--seed", type=int, default=BenchConfig.seed)
     p.add_argument("--engine", default="auto", choices=ENGINES)
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--dtype", default="float32", choices=EVAL_DTYPES)
     p.add_argument("--bn", default="stored", choices=("stored", "batch", "recalibrate"))
     p.add_argument("--batch-size", type=int, default=None, help="images per forward (default: from memory)")
     p.add_argument("--points-per-pass", type=int, default=None, help="grid points per forward (batched engine)")

@@ -35,9 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
 import models  # noqa: E402
 from landscapes.directions import DirectionConfig, create_directions  # noqa: E402
-from landscapes.evaluate import DTYPES, ENGINES, EvalConfig, Evaluator  # noqa: E402
+from landscapes.evalconfig import ENGINES, EVAL_DTYPES, EvalConfig  # noqa: E402
+from landscapes.evaluate import Evaluator  # noqa: E402
+from landscapes.grid import grid_coords  # noqa: E402
 from landscapes.sampling import SamplingConfig, compute_sampled, ordered, sampled_names, sampling_summary  # noqa: E402
-from landscapes.scan import grid_coords, value_names  # noqa: E402
+from landscapes.scan import value_names  # noqa: E402
 from landscapes.surface import SurfaceStore  # noqa: E402
 from models.data import DATASETS, load_device_data  # noqa: E402
 from models.train import TrainConfig, train  # noqa: E402
@@ -207,7 +209,7 @@ def parse_args(argv: list[str] | None = None) -> SurfaceBenchConfig:
     p.add_argument("--sample-seed", type=int, default=SamplingConfig.seed)
     p.add_argument("--cap", type=float, help="stop points more than 3 SE above this loss")
     p.add_argument("--engine", default="auto", choices=ENGINES[:3])
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--dtype", default="float32", choices=EVAL_DTYPES)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--record", action="store_true", help="append a row to --results")
     p.add_argument("--results", default=str(RESULTS))

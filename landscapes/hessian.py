@@ -7,33 +7,36 @@ slice is locally convex, where it is large the "convex-looking" plot hides stron
 """
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import scipy.linalg
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.func import functional_call
 from tqdm import tqdm
 
-from .evaluate import point_state
+from models.data import DATASETS
 
-if TYPE_CHECKING:
-    from .scan import ScanConfig
-    from .surface import Surface
-
-State = dict[str, torch.Tensor]
+from .directions import IGNORES, NORMS, State
+from .grid import AXIS_HELP, axis_arg, glue_grid_args, grid_coords
+from .reference import point_state
+from .scan import ScanConfig, prepare_scan
+from .surface import Surface, SurfaceStore, read_surface
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
-METHODS = ("lanczos", "arpack", "power")
+EIG_METHODS = ("lanczos", "arpack", "power")
 PARAMS = ("weights", "all")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+HESSIAN_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-__all__ = ["HessianConfig", "EigResult", "HessianOperator", "METHODS", "PARAMS", "HESSIAN_VALUES", "hessian_eigs",
+__all__ = ["HessianConfig", "EigResult", "HessianOperator", "EIG_METHODS", "HESSIAN_DTYPES", "PARAMS", "HESSIAN_VALUES", "hessian_eigs",
            "hessian_map", "HessianScanConfig", "hessian_scan", "extreme_eigs", "lanczos_extremes", "arpack_extremes",
            "power_extremes", "main"]
 
@@ -66,7 +69,7 @@ class HessianConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name, accepted in (("method", METHODS), ("params", PARAMS), ("dtype", tuple(DTYPES))):
+        for name, accepted in (("method", EIG_METHODS), ("params", PARAMS), ("dtype", tuple(HESSIAN_DTYPES))):
             if getattr(self, name) not in accepted:
                 raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {getattr(self, name)!r}")
         if not self.tol > 0:
@@ -109,7 +112,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, data, config: HessianConfig = HessianConfig(),
                  state: State | None = None) -> None:
-        dtype = DTYPES[config.dtype]
+        dtype = HESSIAN_DTYPES[config.dtype]
         if len(data) == 0:
             raise ValueError("data is empty: the Hessian needs at least one sample")
         self.model = model.eval()
@@ -236,7 +239,6 @@ def arpack_extremes(matvec: MatVec, dim: int, v0: torch.Tensor, tol: float = 1e-
     products are capped at max_iter; past it ARPACK cannot hand back its current estimates, and the
     point is reported as NaN and not converged. Residuals are not computed (two more products).
     """
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     count = [0]
 
@@ -397,9 +399,6 @@ def hessian_scan(config: HessianScanConfig) -> Surface:
     Model, data, directions and grid come from :func:`landscapes.scan.prepare_scan`, so a map made
     with the same --checkpoint/--dir-file/--x/--y lies on exactly the plane of the loss surface.
     """
-    from .scan import grid_coords, prepare_scan
-    from .surface import SurfaceStore, read_surface
-
     cfg, hcfg = config.scan, config.hessian
     setup = prepare_scan(cfg)
     hess = {k: getattr(hcfg, k) for k in ("method", "params", "tol", "max_iter", "dtype", "seed", "batch_size")}
@@ -430,13 +429,6 @@ def hessian_scan(config: HessianScanConfig) -> Surface:
 
 
 def build_parser():
-    import argparse
-
-    from models.data import DATASETS
-
-    from .directions import IGNORES, NORMS
-    from .scan import AXIS_HELP, axis_arg
-
     p = argparse.ArgumentParser(prog="python -m landscapes.hessian",
                                 description="Map the top and bottom Hessian eigenvalues over a 1-D or 2-D grid "
                                             "(values max_eig, min_eig; plot with python -m landscapes.plot).",
@@ -462,13 +454,13 @@ def build_parser():
     g.add_argument("--force", action="store_true", help="replace an output computed with other arguments")
     g.add_argument("--no-progress", dest="progress", action="store_false")
     h = p.add_argument_group("eigenvalues")
-    h.add_argument("--method", default=HessianConfig.method, choices=METHODS)
+    h.add_argument("--method", default=HessianConfig.method, choices=EIG_METHODS)
     h.add_argument("--params", default=HessianConfig.params, choices=PARAMS)
     h.add_argument("--tol", type=float, default=HessianConfig.tol,
                    help="residual bound relative to each extreme eigenvalue (floored at tol * lambda_max)")
     h.add_argument("--max-iter", type=int, default=HessianConfig.max_iter, help="Hessian-vector products per point")
     h.add_argument("--batch-size", type=int, default=HessianConfig.batch_size)
-    h.add_argument("--dtype", default=HessianConfig.dtype, choices=tuple(DTYPES))
+    h.add_argument("--dtype", default=HessianConfig.dtype, choices=tuple(HESSIAN_DTYPES))
     h.add_argument("--start-seed", type=int, default=0, help="seed of the Lanczos start vector")
     h.add_argument("--no-reuse-graph", dest="reuse_graph", action="store_false",
                    help="rebuild the gradient graph for every product (less memory, slower)")
@@ -476,10 +468,6 @@ def build_parser():
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import sys
-
-    from .scan import ScanConfig, glue_grid_args
-
     args = build_parser().parse_args(glue_grid_args(sys.argv[1:] if argv is None else argv))
     try:
         hcfg = HessianConfig(method=args.method, params=args.params, tol=args.tol, max_iter=args.max_iter,

@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from models.data import DeviceData
 
-from .evaluate import EvalConfig, Evaluator
+from .evalconfig import EvalConfig
+from .evaluate import Evaluator
 
 __all__ = ["SamplingConfig", "image_order", "ordered", "standard_error", "stopped", "sampled_names",
            "compute_sampled", "precision_note", "se_hover", "sampling_summary", "SUMS"]

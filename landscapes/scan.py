@@ -7,6 +7,7 @@ the lower-level ``compute_surface``; ``torchrun --nproc-per-node N -m landscapes
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -22,13 +23,17 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from models import load_checkpoint, resolve_name
+from models import load_checkpoint, resolve_device, resolve_name
 from models.checkpoint import package_version, sha256
 from models.data import DATASETS, DeviceData, load_device_data
+from models.registry import parse_key_values  # one parser for KEY=VALUE options across CLIs
+from models.train import TrainConfig
 
 from .directions import (DIR_TYPES, IGNORES, NORMS, DirectionConfig, State, cosine, create_directions,
                          direction_file_info, directions_digest, load_directions, resolve_dir_type, save_directions)
-from .evaluate import BN_MODES, COMPILE_MODES, DTYPES, ENGINES, EvalConfig, EvalInfo, Evaluator
+from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfig, EvalInfo
+from .evaluate import Evaluator
+from .grid import AXIS_HELP, Axis, axis_arg, glue_grid_args, grid_coords, parse_axis, spread_indices
 from .sampling import SamplingConfig, check_eval_config, compute_sampled, ordered, sampled_names
 from .surface import Surface, SurfaceConflictError, SurfaceStore, read_surface
 
@@ -39,54 +44,6 @@ SPLITS = ("train", "test", "both")
 # EvalInfo fields that describe how every chunk ran (not one chunk's timing).
 _INFO_ATTRS = ("engine", "device", "dtype", "bn_mode", "images", "batch_size", "points_per_pass", "folded_bn",
                "traced", "notices", "workers", "fused")
-AXIS_HELP = "START:STOP:NUM, e.g. -1:1:51 (NUM points from START to STOP, both included)"
-
-
-@dataclass(frozen=True)
-class Axis:
-    """``num`` evenly spaced coordinates from ``start`` to ``stop`` inclusive (``np.linspace``)."""
-
-    start: float
-    stop: float
-    num: int
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.start) and math.isfinite(self.stop)):
-            raise ValueError(f"grid bounds must be finite numbers, got {self.start}:{self.stop}")
-        if isinstance(self.num, bool) or not isinstance(self.num, int) or self.num < 1:
-            raise ValueError(f"grid needs a positive whole number of points, got {self.num!r}")
-        if self.num == 1 and self.start != self.stop:
-            raise ValueError(f"one point cannot span {self.start:g}..{self.stop:g}: use START:START:1 or NUM >= 2")
-        if self.num > 1 and not self.start < self.stop:
-            raise ValueError(f"grid start must be below stop, got {self.start:g}:{self.stop:g} "
-                             f"(write the smaller bound first, e.g. -1:1:{self.num})")
-
-    def coordinates(self) -> np.ndarray:
-        return np.linspace(self.start, self.stop, self.num)
-
-    def __str__(self) -> str:
-        return f"{self.start:g}:{self.stop:g}:{self.num}"
-
-
-def parse_axis(spec: str | Axis, name: str = "x") -> Axis:
-    """``"-1:1:51"`` -> ``Axis(-1.0, 1.0, 51)``, with an error that says what is accepted."""
-    if isinstance(spec, Axis):
-        return spec
-    parts = str(spec).split(":")
-    if len(parts) != 3:
-        raise ValueError(f"--{name} {spec!r}: expected {AXIS_HELP}")
-    try:
-        start, stop = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise ValueError(f"--{name} {spec!r}: START and STOP must be numbers; expected {AXIS_HELP}") from None
-    try:
-        num = int(parts[2])
-    except ValueError:
-        raise ValueError(f"--{name} {spec!r}: NUM must be a whole number of points; expected {AXIS_HELP}") from None
-    try:
-        return Axis(start, stop, num)
-    except ValueError as err:
-        raise ValueError(f"--{name} {spec!r}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -232,14 +189,6 @@ def _default_chunk_size(points: int) -> int:
     return max(1, min(64, math.ceil(points / 16)))
 
 
-def grid_coords(x: np.ndarray, y: np.ndarray | None, index: np.ndarray) -> torch.Tensor:
-    """Coordinates (K, D) of flat indices k = iy * nx + ix (the reference's meshgrid order)."""
-    if y is None:
-        return torch.from_numpy(x[index][:, None].astype(np.float64))
-    iy, ix = np.divmod(index, len(x))
-    return torch.from_numpy(np.stack([x[ix], y[iy]], axis=1).astype(np.float64))
-
-
 def value_names(splits: Sequence[str]) -> list[str]:
     return [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
 
@@ -347,7 +296,7 @@ def _deviation(evaluators: Mapping[str, Evaluator], store: SurfaceStore, x: np.n
     """How far the lower-precision values of a few computed points are from float32."""
     split, evaluator = next(iter(evaluators.items()))
     done = np.flatnonzero(store.done)
-    index = done[np.unique(np.linspace(0, len(done) - 1, min(points, len(done))).round().astype(int))]
+    index = done[spread_indices(len(done), points)]
     loss = torch.from_numpy(store.values[f"{split}_loss"][index])
     acc = torch.from_numpy(store.values[f"{split}_acc"][index])
     dev = evaluator.deviation(grid_coords(x, y, index), loss, acc, n_points=len(index))
@@ -371,7 +320,6 @@ def _train_command(config: ScanConfig) -> str:
 
 def default_checkpoint(config: ScanConfig) -> Path:
     """Where ``models.train`` puts the final weights of this model and data set by default."""
-    from models.train import TrainConfig
     return TrainConfig(model=config.model, noshort=config.noshort, dataset=config.dataset).out_dir / "final.pt"
 
 
@@ -391,19 +339,10 @@ def _resolve_checkpoint(config: ScanConfig) -> Path:
 
 
 def _device(config: ScanConfig, world: int) -> torch.device:
-    name = config.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {config.device!r} asked for but CUDA is not available here; use --device cpu")
-        if world > 1 and name == "cuda":
-            name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return torch.device(name)
+    return resolve_device(config.device, world)
 
 
 def _data_digest(data: DeviceData) -> str:
-    import hashlib
     h = hashlib.sha256()
     h.update(data.x.detach().cpu().contiguous().numpy().tobytes())
     h.update(data.y.detach().cpu().contiguous().numpy().tobytes())
@@ -628,16 +567,6 @@ def scan(config: ScanConfig) -> ScanResult:
 # CLI
 # --------------------------------------------------------------------------------------------
 
-def axis_arg(name: str):
-    def parse(text: str) -> Axis:
-        try:
-            return parse_axis(text, name)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    parse.__name__ = f"{name} grid"
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m landscapes.scan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -675,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "thread count; each thread then runs one intra-op thread)")
     g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the forward (reduce-overhead: CUDA graphs)")
     g.add_argument("--device", default=ScanConfig.device, help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default=ScanConfig.dtype, choices=DTYPES)
+    g.add_argument("--dtype", default=ScanConfig.dtype, choices=EVAL_DTYPES)
     g.add_argument("--bn", default=ScanConfig.bn, choices=BN_MODES,
                    help="BN statistics: stored (paper), recalibrate at each point, batch")
     g.add_argument("--calibration-samples", type=int, help="--bn recalibrate: first N images (default: all)")
@@ -710,19 +639,6 @@ def _init_distributed(device: str) -> bool:
     return True
 
 
-def glue_grid_args(argv: Sequence[str]) -> list[str]:
-    """``--x -1:1:51`` -> ``--x=-1:1:51``: argparse would take "-1:1:51" for an option."""
-    out: list[str] = []
-    it = iter(argv)
-    for arg in it:
-        if arg in ("--x", "--y"):
-            value = next(it, None)
-            out.append(arg if value is None else f"{arg}={value}")
-        else:
-            out.append(arg)
-    return out
-
-
 def _sampling_args(args: dict[str, Any]) -> SamplingConfig | None:
     """Pop the adaptive-sampling options: a SamplingConfig if any was given, else None."""
     given = {field: args.pop(option) for option, field in (("precision", "precision"),
@@ -740,7 +656,6 @@ def _sampling_args(args: dict[str, Any]) -> SamplingConfig | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = vars(build_parser().parse_args(glue_grid_args(sys.argv[1:] if argv is None else argv)))
-    from models.registry import parse_key_values  # one parser for KEY=VALUE options across CLIs
     started = _init_distributed(args["device"])
     rank, world = _world()
     try:

@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from models.checkpoint import atomic_path
+from models.checkpoint import atomic_path, package_version
 
 FORMAT = "resnet-toolkit/1"
 REFERENCE_FORMAT = "tomgoldstein/loss-landscape"
@@ -185,7 +185,6 @@ def write_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None, 
     if done is None:
         done = np.logical_and.reduce([~np.isnan(np.asarray(v, float)) for v in values.values()]) \
             if values else np.zeros(shape, bool)
-    from models.checkpoint import package_version
     _write_file(Path(path), x, y, values, done, None, {"version": package_version(), **(attrs or {})}, dir_file)
     return Path(path)
 

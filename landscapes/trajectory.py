@@ -18,6 +18,7 @@ from typing import Any, Union
 
 import h5py
 import numpy as np
+from scipy.stats import wishart
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -29,12 +30,12 @@ from .directions import State, save_directions
 from .surface import open_hdf5
 
 FORMAT = "resnet-toolkit/1"
-IGNORES = ("biasbn", "none")
+PCA_IGNORES = ("biasbn", "none")
 PROJECTIONS = ("lstsq", "cos")
 # Where the columns of the difference matrix are read in pieces, so float64 copies stay small.
 _CHUNK = 1 << 20
 
-__all__ = ["PCAConfig", "PCADirections", "Projection", "TrajectoryConfig", "TrajectoryResult", "IGNORES",
+__all__ = ["PCAConfig", "PCADirections", "Projection", "TrajectoryConfig", "TrajectoryResult", "PCA_IGNORES",
            "PROJECTIONS", "difference_matrix", "pca_directions", "project", "save_pca_directions",
            "write_projection", "read_projection", "projection_path", "run_checkpoints", "pca_trajectory", "main"]
 
@@ -58,8 +59,8 @@ class PCAConfig:
     projection: str = "lstsq"
 
     def __post_init__(self) -> None:
-        if self.ignore not in IGNORES:
-            raise ValueError(f"ignore must be one of {', '.join(IGNORES)}; got {self.ignore!r}")
+        if self.ignore not in PCA_IGNORES:
+            raise ValueError(f"ignore must be one of {', '.join(PCA_IGNORES)}; got {self.ignore!r}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}; got {self.projection!r}")
 
@@ -120,8 +121,8 @@ def difference_matrix(states: Sequence[StateOrPath], final: State, names: Sequen
     the parameters ``names`` in order. ``ignore="biasbn"`` zeroes the 1-D tensors, which are then
     simply left out of the columns (N counts the kept tensors only). A ResNet-56 run of 300
     epochs is 300 x 0.85M floats, 1 GB; the differences are taken in float64."""
-    if ignore not in IGNORES:
-        raise ValueError(f"ignore must be one of {', '.join(IGNORES)}; got {ignore!r}")
+    if ignore not in PCA_IGNORES:
+        raise ValueError(f"ignore must be one of {', '.join(PCA_IGNORES)}; got {ignore!r}")
     kept = _kept(names, final, ignore)
     numel = sum(final[n].numel() for n in kept)
     M = torch.empty((len(states), numel), dtype=torch.float32)
@@ -419,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", nargs="+", help="explicit checkpoint files in path order (instead of run_dir)")
     p.add_argument("--final", help="the model the plane is centred on (default: RUN_DIR/final.pt)")
     p.add_argument("--model", help="model name, needed only for reference-project checkpoints")
-    p.add_argument("--ignore", default=PCAConfig.ignore, choices=IGNORES,
+    p.add_argument("--ignore", default=PCAConfig.ignore, choices=PCA_IGNORES,
                    help="biasbn: zero biases and BN parameters in the offsets (the paper)")
     p.add_argument("--no-center", dest="center", action="store_false",
                    help="decompose the raw offsets instead of their spread around the mean")
@@ -455,3 +456,30 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def random_walk_variance(points: int, dim: int, components: int = 2, repeats: int = 200,
+                         seed: int = 0) -> tuple[float, float]:
+    """(mean, sd) over ``repeats`` walks of the fraction of variance that the first ``components``
+    PCA directions explain for an isotropic Gaussian random walk of ``points`` positions (the start
+    and ``points - 1`` steps) in ``dim`` dimensions, mean-centred as :func:`pca_directions` does.
+
+    The null baseline for "the path lies in a low-dimensional subspace": a random walk is already
+    far from isotropic in PCA (Antognini & Sohl-Dickstein 2018: ~6/(pi^2 k^2) of the variance on
+    component k, so ~76% on two), so a trajectory's PC1+PC2 share means something only beside it.
+    Exact for any ``dim``: only the Gram matrix of the steps matters, and it is Wishart(dim, I), so
+    no ``dim``-sized vector is drawn."""
+    if points < components + 1 or dim < 1:
+        raise ValueError(f"need points > components ({components}) and dim >= 1, got points={points}, dim={dim}")
+    steps = points - 1
+    cumulate = np.tril(np.ones((points, steps)), k=-1)  # position t = sum of the first t steps
+    centre = np.eye(points) - 1.0 / points
+    walk = centre @ cumulate
+    rng = np.random.default_rng(seed)
+    shares = []
+    for _ in range(repeats):
+        gram_steps = wishart.rvs(df=dim, scale=np.eye(steps), random_state=rng) if steps > 1 else \
+            np.array([[rng.chisquare(dim)]])
+        eig = np.sort(np.linalg.eigvalsh(walk @ np.atleast_2d(gram_steps) @ walk.T))[::-1]
+        shares.append(eig[:components].sum() / eig.sum())
+    return float(np.mean(shares)), float(np.std(shares, ddof=1)) if repeats > 1 else float("nan")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +21,10 @@ import torch.nn as nn
 from .registry import ModelSpec, build
 
 FORMAT = "resnet-toolkit/1"
+# torch.save's pre-1.6 format (the reference project's .t7 files): pickle protocol 2, then the
+# LONG1 magic number 0x1950a86a20f9469cfc6c.
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 class CheckpointError(ValueError):
@@ -74,8 +79,14 @@ def _is_state_dict(obj: Any) -> bool:
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Return ``{"state_dict", "meta", "extra"}`` for ours or the reference project's files."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise CheckpointError(f"checkpoint {str(path)!r} is {kind}; give the path of a checkpoint file")
+    if not _is_torch_file(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither torch.save's zip archive nor its "
+                              f"legacy format); check the path")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -95,6 +106,26 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return {"state_dict": _strip_prefix(obj), "meta": {}, "extra": {}}
     raise CheckpointError(f"{path} holds neither a toolkit checkpoint nor a state_dict "
                           f"(top-level keys: {sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})")
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts like a torch.save file, so that an unpickling refusal means real
+    Python objects and not random bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(_LEGACY_MAGIC))
+    return head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC
+
+
+def normalization_of(meta: dict[str, Any]) -> str:
+    """The input normalization (a `models.data.NORMALIZATIONS` name) a checkpoint's weights expect.
+
+    Recorded by models.train; a file without toolkit metadata (no ``model``: the original
+    loss-landscape format) expects that code's constants; toolkit checkpoints written before the
+    field existed were trained with the torchvision-style constants.
+    """
+    if "normalization" in meta:
+        return str(meta["normalization"])
+    return "torchvision" if "model" in meta else "loss-landscape"
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -142,6 +173,10 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None, map_locati
                               f"or pick the matching checkpoint")
     if "model" not in meta:
         kwargs.update(_infer_reference_kwargs(name, state))
+        # The keys cannot tell e.g. an option-A ResNet from its _noshort twin: say whose word it is.
+        print(f"notice: {path} has no toolkit metadata (original loss-landscape format): built as {name!r} "
+              f"because the caller named it, unverified (the weights cannot tell a ResNet from its _noshort twin); "
+              f"its inputs need the original normalization ({normalization_of(meta)!r})", file=sys.stderr)
     kwargs.update(build_kwargs)
     model = build(name, **kwargs)
     own = model.state_dict()

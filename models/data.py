@@ -18,15 +18,26 @@ from torch import Tensor
 
 __all__ = [
     "DATASETS",
+    "DATA_ENV",
+    "NORMALIZATIONS",
     "SYNTHETIC_SIZES",
     "DataNotFoundError",
     "DatasetInfo",
     "DeviceData",
     "augment_batch",
+    "default_data_root",
     "load_device_data",
     "load_split",
     "make_synthetic",
+    "normalization_constants",
 ]
+
+DATA_ENV = "RESNET_TOOLKIT_DATA"
+
+
+def default_data_root() -> str:
+    """$RESNET_TOOLKIT_DATA when set, else ./data: the one default data root of every command."""
+    return os.environ.get(DATA_ENV) or "data"
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,29 @@ _TORCHVISION: dict[str, tuple[str, str, tuple[str, ...]]] = {
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
 }
 
+# How images are standardized: "torchvision" uses DATASETS' mean/std (torchvision-style
+# constants); "loss-landscape" uses the constants of tomgoldstein/loss-landscape (CIFAR-10 only),
+# mean [125.3, 123.0, 113.9]/255, std [63.0, 62.1, 66.7]/255, which its checkpoints were
+# trained with: up to 9e-4 per input apart, ~1e-2 relative in the loss of its checkpoints.
+NORMALIZATIONS = ("torchvision", "loss-landscape")
+_LOSS_LANDSCAPE_CONSTANTS = {
+    "cifar10": (tuple(v / 255 for v in (125.3, 123.0, 113.9)), tuple(v / 255 for v in (63.0, 62.1, 66.7))),
+}
+
+
+def normalization_constants(name: str, normalization: str = "torchvision") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel, on the [0, 1] pixel scale, that `normalization` applies to data set `name`."""
+    info = _check_name(name)
+    if normalization == "torchvision":
+        return info.mean, info.std
+    if normalization == "loss-landscape":
+        if name not in _LOSS_LANDSCAPE_CONSTANTS:
+            raise ValueError(f"normalization 'loss-landscape' (the original loss-landscape code's constants) "
+                             f"exists only for {', '.join(_LOSS_LANDSCAPE_CONSTANTS)}, not {name!r}")
+        return _LOSS_LANDSCAPE_CONSTANTS[name]
+    raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+
+
 SYNTHETIC_SIZES = {True: 10_000, False: 2_000}  # default train / test split sizes
 
 
@@ -73,7 +107,7 @@ def _check_name(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
-def _not_found(name: str, root: str, cause: BaseException | None) -> DataNotFoundError:
+def _not_found(name: str, root: str, cause: BaseException | None, offer_download: bool) -> DataNotFoundError:
     _, folder, files = _TORCHVISION[name]
     where = os.path.join(root, folder)
     missing = [f for f in files if not os.path.isfile(os.path.join(where, f))]
@@ -84,8 +118,9 @@ def _not_found(name: str, root: str, cause: BaseException | None) -> DataNotFoun
     tried = f"; download failed: {cause}" if cause is not None else ""
     return DataNotFoundError(
         f"{name} not found: torchvision expects {where}{os.sep} holding {', '.join(files)} ({state}){tried}. "
-        f"Fix: pass --download (download=True) on a machine with internet access, "
-        f"or copy the extracted files into {where}{os.sep}."
+        f"Fix: point --data-root (or ${DATA_ENV}) at the folder that holds {folder}, "
+        + ("pass --download (download=True) on a machine with internet access, " if offer_download else "")
+        + f"or copy the extracted files into {where}{os.sep}."
     )
 
 
@@ -125,15 +160,20 @@ def load_split(
     train: bool,
     samples: int | None = None,
     download: bool = False,
+    normalization: str = "torchvision",
+    offer_download: bool = True,
     **synthetic_kw: int | float,
 ) -> tuple[Tensor, Tensor]:
-    """One split as (x float32 (N, C, H, W) normalized by the data set's mean/std, y int64 (N,)).
+    """One split as (x float32 (N, C, H, W) normalized by `normalization`'s mean/std, y int64 (N,)).
 
     `samples=N` keeps the first N images in data-set order, so subsets are reproducible.
-    `synthetic_kw` (seed, image_size, channels, size, noise) is accepted for "synthetic" only.
-    Raises DataNotFoundError when files are missing and cannot be downloaded.
+    `normalization` picks the constants (see NORMALIZATIONS); synthetic data is generated
+    standardized and takes "torchvision" (mean 0, std 1) only. `synthetic_kw` (seed, image_size,
+    channels, size, noise) is accepted for "synthetic" only. Raises DataNotFoundError when files
+    are missing and cannot be downloaded; its message suggests --download only if `offer_download`
+    (callers whose command has no such flag pass False).
     """
-    info = _check_name(name)
+    mean_c, std_c = normalization_constants(name, normalization)
     if samples is not None and samples < 1:
         raise ValueError(f"samples must be a positive integer or None, got {samples}")
     if name == "synthetic":
@@ -141,9 +181,9 @@ def load_split(
     else:
         if synthetic_kw:
             raise ValueError(f"options {sorted(synthetic_kw)} apply only to the synthetic dataset")
-        x, y = _load_torchvision(name, os.fspath(root), train, samples, download)
-        mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-        std = torch.tensor(info.std).view(1, -1, 1, 1)
+        x, y = _load_torchvision(name, os.fspath(root), train, samples, download, offer_download)
+        mean = torch.tensor(mean_c).view(1, -1, 1, 1)
+        std = torch.tensor(std_c).view(1, -1, 1, 1)
         x = (x.float().div_(255) - mean) / std
     if samples is not None:
         if samples > len(y):
@@ -153,7 +193,7 @@ def load_split(
 
 
 def _load_torchvision(name: str, root: str, train: bool, samples: int | None,
-                      download: bool) -> tuple[Tensor, Tensor]:
+                      download: bool, offer_download: bool = True) -> tuple[Tensor, Tensor]:
     """Raw uint8 images (N, C, H, W) and labels, read from torchvision's arrays (no transforms)."""
     import torchvision.datasets as tvd  # slow import, needed only for real data
 
@@ -161,9 +201,9 @@ def _load_torchvision(name: str, root: str, train: bool, samples: int | None,
     try:
         ds = getattr(tvd, cls_name)(root, train=train, download=download)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise _not_found(name, root, None) from e
+        raise _not_found(name, root, None, offer_download) from e
     except OSError as e:  # download attempted and failed (offline, DNS, HTTP error)
-        raise _not_found(name, root, e) from e
+        raise _not_found(name, root, e, offer_download) from e
     data = torch.as_tensor(ds.data[:samples])
     x = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)  # MNIST HW / CIFAR HWC
     y = torch.as_tensor(ds.targets[:samples], dtype=torch.int64)
@@ -237,10 +277,13 @@ def load_device_data(
     samples: int | None = None,
     device: str | torch.device = "cpu",
     download: bool = False,
+    normalization: str = "torchvision",
+    offer_download: bool = True,
     **synthetic_kw: int | float,
 ) -> DeviceData:
     """`load_split` for split "train" or "test", moved to `device`."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    x, y = load_split(name, root, split == "train", samples, download, **synthetic_kw)
+    x, y = load_split(name, root, split == "train", samples, download, normalization, offer_download,
+                      **synthetic_kw)
     return DeviceData(x, y).to(device)

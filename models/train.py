@@ -15,12 +15,12 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +30,22 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_path, read_checkpoint, save_checkpoint
-from .data import DATASETS, DeviceData, load_device_data
+from .data import DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data, normalization_constants
+from .device import resolve_device
+from .locking import LockHeldError, file_lock
 from .registry import build, parse_key_values, resolve_name
 
-__all__ = ["TrainConfig", "RunConflictError", "train", "evaluate", "lr_at", "warmup_enabled", "main"]
+__all__ = ["TrainConfig", "RunConflictError", "LOCK_FILE", "train", "evaluate", "lr_at", "warmup_enabled", "main"]
 
-# Fields that say how a run executes, not what it computes: they may change on resume.
+# Fields that say how a run executes, not what it computes: they may change on resume. epochs is
+# not one: the lr milestones are fractions of all epochs, so more epochs is another schedule.
 _EXECUTION_FIELDS = frozenset(
-    {"epochs", "device", "amp", "channels_last", "out", "progress", "download", "data_root", "save_every", "force"})
+    {"device", "amp", "channels_last", "out", "progress", "download", "data_root", "save_every", "force"})
 _WARMUP_DEPTH = 110  # He et al. 2016 warm up ResNet-110 (and deeper) at lr/10
 _WARMUP_ERROR = 0.8  # ... until the training error is below 80%
 _WARMUP_EMA = 0.1  # weight of each batch's error: smooths out lucky small batches
+LOCK_FILE = ".train.lock"  # in the run directory; held while a run trains there, never deleted
+_RUN_FILES = ("final.pt", "metrics.json", "metrics.csv")  # besides epoch_*.pt
 
 
 class RunConflictError(RuntimeError):
@@ -54,20 +59,25 @@ class TrainConfig:
     of the iterations; 164 epochs = 64k iterations of 391 batches (the paper's 64k iterations).
 
     warmup: None = auto (on for resnet*/plain* names of depth >= 110): lr/10 until the training
-    error (a moving average over ~10 batches, started at 100%) falls below 80%, then lr. epochs may grow when resuming; the lr schedule is
-    always computed for the current `epochs`. data_kwargs go to the synthetic data set (seed,
-    image_size, channels, size, noise). out defaults to runs/<model>_<dataset>.
+    error (a moving average over ~10 batches, started at 100%) falls below 80%, then lr. epochs is
+    part of what a run is (the milestones are fractions of it): a stored run is resumed only with
+    the same epochs, so every epoch of a run follows one schedule. train_eval_samples: also measure
+    loss and error in eval mode (stored BN statistics) on the first N training images after every
+    epoch: the running average in train mode lags the weights by up to an epoch and mixes BN batch
+    statistics in, so converged nets are compared on this fixed subset. data_kwargs go to the
+    synthetic data set (seed, image_size, channels, size, noise). out defaults to runs/<model>_<dataset>.
     """
 
     model: str
     noshort: bool = False
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     dataset: str = "cifar10"
-    data_root: str = "data"
+    data_root: str = field(default_factory=default_data_root)
     data_kwargs: Mapping[str, Any] = field(default_factory=dict)
     epochs: int = 164
     samples: int | None = None
     test_samples: int | None = None
+    train_eval_samples: int | None = None  # eval-mode error on the first N training images, per epoch
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -82,7 +92,8 @@ class TrainConfig:
     progress: bool = True
     download: bool = False
     save_every: int = 1
-    force: bool = False
+    force: bool = False  # start over when --out holds a run of another configuration
+    normalization: str = "torchvision"  # input constants, models.data.NORMALIZATIONS; recorded in checkpoints
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
@@ -99,6 +110,7 @@ class TrainConfig:
             raise ValueError(f"milestones must be increasing fractions in (0, 1], got {self.milestones}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        normalization_constants(self.dataset, self.normalization)  # raises for unknown or inapplicable names
 
     @property
     def model_name(self) -> str:
@@ -126,9 +138,7 @@ def lr_at(config: TrainConfig, step: int, total_steps: int, warming: bool = Fals
 
 
 def _device(config: TrainConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    return resolve_device(config.device)
 
 
 def _autocast(device: torch.device, amp: bool) -> torch.autocast:
@@ -154,16 +164,22 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 1024, amp: bo
 
 def _identity(config: Mapping[str, Any] | TrainConfig) -> dict[str, Any]:
     """The part of a config that defines what a run computes, as JSON would store it."""
-    d = asdict(config) if isinstance(config, TrainConfig) else dict(config)
+    # Fields added since a checkpoint was written take their default, so old runs still resume.
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    d = asdict(config) if isinstance(config, TrainConfig) else {**defaults, **config}
     d["model"] = resolve_name(d["model"], d.pop("noshort", False))  # resnet56 + noshort = resnet56_noshort
     return json.loads(json.dumps({k: v for k, v in d.items() if k not in _EXECUTION_FIELDS}))
 
 
+def _saved_epochs(out: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every epoch_<k>.pt in `out`, newest first."""
+    return sorted(((int(m.group(1)), p) for p in out.glob("epoch_*.pt")
+                   if (m := re.fullmatch(r"epoch_(\d+)\.pt", p.name))), reverse=True)
+
+
 def _latest_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The newest readable epoch checkpoint in `out`, after checking it belongs to this config."""
-    found = sorted(((int(m.group(1)), p) for p in out.glob("epoch_*.pt")
-                    if (m := re.fullmatch(r"epoch_(\d+)\.pt", p.name))), reverse=True)
-    for epoch, path in found:
+    for epoch, path in _saved_epochs(out):
         try:
             ck = read_checkpoint(path)
         except CheckpointError as err:
@@ -172,15 +188,26 @@ def _latest_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any] | None:
         old, new = _identity(ck["meta"].get("config", {})), _identity(config)
         diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if diff:
+            why = (" (a run's lr milestones are fractions of its epochs, so another --epochs is another "
+                   "schedule, not an extension)" if "epochs" in diff else "")
             raise RunConflictError(
                 f"{out} holds a run with a different configuration ("
                 + ", ".join(f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in diff)
-                + "). Use a new --out directory, or --force to overwrite it.")
-        if epoch > config.epochs:
-            raise RunConflictError(f"{out} already holds {epoch} epochs, more than the {config.epochs} "
-                                   f"asked for; raise --epochs, or use a new --out or --force")
+                + f"){why}. Use a new --out directory, or --force to overwrite it.")
         return ck
     return None
+
+
+def _check_writable(out: Path) -> None:
+    """Create `out` and a file in it, so that a read-only place fails in one clear line, not as a
+    traceback from the first checkpoint."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write the run directory {out}: {err.strerror or err}; "
+                              f"choose a writable --out") from None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -209,28 +236,37 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
     device = _device(config)
     name = config.model_name
     out = config.out_dir
-    if config.force:
-        for stale in [*out.glob("epoch_*.pt"), *(out / f for f in ("final.pt", "metrics.json", "metrics.csv"))]:
-            stale.unlink(missing_ok=True)
-    resume = _latest_checkpoint(out, config)
     info = DATASETS[config.dataset]
     fmt = torch.channels_last if config.channels_last and device.type == "cuda" else torch.contiguous_format
+    # Everything that can fail on a typo (data root, model options) runs before the run
+    # directory is touched; --force deletes only once training is about to start.
     train_data = load_device_data(config.dataset, config.data_root, "train", config.samples, device,
-                                  config.download, **config.data_kwargs)
+                                  config.download, config.normalization, **config.data_kwargs)
     test_data = load_device_data(config.dataset, config.data_root, "test", config.test_samples, device,
-                                 config.download, **config.data_kwargs)
+                                 config.download, config.normalization, **config.data_kwargs)
+    train_eval = (DeviceData(train_data.x[:config.train_eval_samples], train_data.y[:config.train_eval_samples])
+                  if config.train_eval_samples else None)
+    _check_writable(out)
 
     # The whole run uses a private copy of the global RNG (stochastic layers draw from it),
     # seeded here and restored on resume; the caller's RNG state is left untouched.
     cuda_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_ids):
+    with file_lock(out / LOCK_FILE, what="training run"), torch.random.fork_rng(devices=cuda_ids):
         torch.manual_seed(config.seed)
         model = build(name, num_classes=info.num_classes, in_channels=train_data.x.shape[1],
                       **config.model_kwargs).to(device, memory_format=fmt)
         opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                               weight_decay=config.weight_decay)
         gen = torch.Generator().manual_seed(config.seed)
+        try:
+            resume = _latest_checkpoint(out, config)
+        except RunConflictError:
+            if not config.force:
+                raise
+            for stale in [*(p for _, p in _saved_epochs(out)), *(out / f for f in _RUN_FILES)]:
+                stale.unlink(missing_ok=True)
+            resume = None
         # Moving average of the batch error while warming up; None once warm-up is over.
         warm_err: float | None = 1.0 if warmup_enabled(config) else None
         history: list[dict[str, Any]] = []
@@ -244,14 +280,13 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
                 torch.cuda.set_rng_state(extra["cuda_rng"], cuda_ids[0])
             warm_err = extra["warmup_error"]
             history = list(resume["meta"]["history"])
-        out.mkdir(parents=True, exist_ok=True)
 
         steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
         total_steps = config.epochs * steps_per_epoch
 
         def snapshot() -> tuple[dict[str, Any], dict[str, Any]]:
             """Checkpoint meta (JSON-able) and extra (everything resuming needs)."""
-            meta = {"dataset": config.dataset, "epoch": len(history), "metrics": history[-1] if history else {},
+            meta = {"dataset": config.dataset, "normalization": config.normalization, "epoch": len(history), "metrics": history[-1] if history else {},
                     "history": history, "seed": config.seed, "config": json.loads(json.dumps(asdict(config)))}
             extra = {"optimizer": opt.state_dict(), "generator": gen.get_state(), "rng": torch.get_rng_state(),
                      "warmup_error": warm_err, "step": len(history) * steps_per_epoch}
@@ -261,7 +296,8 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
 
         if resume is None:  # the initialization: where an optimization path (PCA trajectory) starts
             save_checkpoint(out / "epoch_0.pt", model, *snapshot())
-        for epoch in range(len(history) + 1, config.epochs + 1):
+        first_epoch = len(history) + 1
+        for epoch in range(first_epoch, config.epochs + 1):
             t0 = time.perf_counter()
             model.train()
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -288,11 +324,15 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
                 step += 1
             train_time = time.perf_counter() - t0
             test_loss, test_error = evaluate(model, test_data, amp=config.amp, memory_format=fmt)
+            fixed = {}
+            if train_eval is not None:
+                fixed["train_loss_eval"], fixed["train_error_eval"] = evaluate(model, train_eval, amp=config.amp,
+                                                                               memory_format=fmt)
             history.append({
                 "epoch": epoch, "lr": lr,
                 "train_loss": loss_sum.item() / len(train_data),
                 "train_error": 100.0 * wrong_sum.item() / len(train_data),
-                "test_loss": test_loss, "test_error": test_error,
+                "test_loss": test_loss, "test_error": test_error, **fixed,
                 "epoch_time_s": time.perf_counter() - t0,
                 "images_per_s": len(train_data) / train_time,
             })
@@ -301,7 +341,8 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
             if epoch % config.save_every == 0 or epoch == config.epochs:
                 save_checkpoint(out / f"epoch_{epoch}.pt", model, *snapshot())
             _write_metrics(out, history)
-        save_checkpoint(out / "final.pt", model, *snapshot())
+        if first_epoch <= config.epochs or not (out / "final.pt").is_file():  # a finished run stays untouched
+            save_checkpoint(out / "final.pt", model, *snapshot())
     return history
 
 
@@ -311,12 +352,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--noshort", action="store_true", help="the model without skip connections")
     p.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE", help="extra model option")
     p.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
-    p.add_argument("--data-root", default="data")
+    p.add_argument("--data-root", default=None, help="data sets folder (default $RESNET_TOOLKIT_DATA, else ./data)")
+    p.add_argument("--normalization", default=TrainConfig.normalization, choices=NORMALIZATIONS,
+                   help="input constants: torchvision-style, or the original loss-landscape code's (CIFAR-10)")
     p.add_argument("--data-kw", action="append", default=[], metavar="KEY=VALUE",
                    help="synthetic data option (seed, image_size, channels, size, noise)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--samples", type=int, help="train on the first N training images")
     p.add_argument("--test-samples", type=int, help="test on the first N test images")
+    p.add_argument("--train-eval-samples", type=int,
+                   help="after each epoch, also measure eval-mode loss/error on the first N training images")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--momentum", type=float, default=TrainConfig.momentum)
@@ -335,14 +380,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--save-every", type=int, default=TrainConfig.save_every, help="checkpoint every N epochs")
     p.add_argument("--force", action="store_true", help="overwrite a conflicting run in --out")
     args = vars(p.parse_args(argv))
+    args["data_root"] = args["data_root"] or default_data_root()
     start = time.perf_counter()
     try:
         args["model_kwargs"] = parse_key_values(args.pop("model_kw"))
         args["data_kwargs"] = parse_key_values(args.pop("data_kw"))
         config = TrainConfig(**args)
         history = train(config)
-    except (ValueError, KeyError, FileNotFoundError, RunConflictError) as err:
+    except (ValueError, KeyError, OSError, RunConflictError, LockHeldError) as err:
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        saved = _saved_epochs(config.out_dir)
+        kept = f"{saved[0][1]} (epoch {saved[0][0]}) is kept" if saved else "no epoch was complete"
+        print(f"\ninterrupted: {kept}; run the same command again to resume from there", file=sys.stderr)
+        sys.exit(130)
     last = history[-1]
     print(f"{config.model_name} on {config.dataset}: test accuracy {100 - last['test_error']:.2f}% "
           f"(loss {last['test_loss']:.4f}) after {last['epoch']} epochs; wall time {time.perf_counter() - start:.1f} s")

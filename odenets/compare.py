@@ -20,8 +20,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from models import build, load_checkpoint
-from models.data import DATASETS, DataNotFoundError, DeviceData, load_device_data
+from models import build, load_checkpoint, resolve_device
+from models.data import DATASETS, DataNotFoundError, DeviceData, default_data_root, load_device_data
 from models.ode import ADAPTIVE_METHODS, counted_blocks, nfe, ode_blocks
 from models.summary import count_params
 from models.registry import parse_key_values
@@ -48,7 +48,7 @@ class CompareConfig:
 
     models: tuple[str, ...] = ("resnet_mnist", "rknet_mnist", "odenet_mnist")
     dataset: str = "mnist"
-    data_root: str = "data"
+    data_root: str = field(default_factory=default_data_root)
     data_kwargs: Mapping[str, Any] = field(default_factory=dict)
     epochs: int = 2
     samples: int | None = 2000
@@ -114,12 +114,6 @@ def _run_dir(config: CompareConfig, entry: str) -> Path:
     return Path(config.runs) / f"{slug}_{config.dataset}"
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """NFE of one training step (forward + backward, no update) on a fixed batch."""
     model.train()
@@ -142,15 +136,15 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     """Train (or reuse) every model, measure it, sweep solvers on one trained field, and write
     ``out/compare.json`` and ``out/compare.md``. Returns the JSON document."""
     start = time.perf_counter()
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     info = DATASETS[config.dataset]
     test = load_device_data(config.dataset, config.data_root, "test", config.test_samples, device,
-                            **config.data_kwargs)
+                            offer_download=False, **config.data_kwargs)  # this command has no --download
     probe = load_device_data(config.dataset, config.data_root, "train", config.probe_batch, device,
-                             **config.data_kwargs)
+                             offer_download=False, **config.data_kwargs)
     channels = test.x.shape[1]
     n_train = config.samples or len(load_device_data(config.dataset, config.data_root, "train", None, "cpu",
-                                                     **config.data_kwargs))
+                                                     offer_download=False, **config.data_kwargs))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -345,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="comma-separated registry names, each optionally NAME[key=value,...] "
                         f"(default {','.join(d.models)})")
     p.add_argument("--dataset", default=d.dataset, choices=list(DATASETS))
-    p.add_argument("--data-root", default=os.environ.get("RESNET_TOOLKIT_DATA", d.data_root))
+    p.add_argument("--data-root", default=d.data_root, help="data sets folder (default $RESNET_TOOLKIT_DATA, else ./data)")
     p.add_argument("--data-kw", action="append", default=[], metavar="KEY=VALUE",
                    help="synthetic data option (seed, image_size, channels, size, noise)")
     p.add_argument("--epochs", type=int, default=d.epochs)

@@ -7,15 +7,18 @@ minimizer sharper, in line with its higher test error.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from studies.common import (Timer, compute_note, fail, load_trained, new_figure, parse_args, run_path, save_figure,
-                            scan_run, trained_record, training_recipe, write_json, write_readme)
+from studies.cache import load_trained, run_path, trained_record
+from studies.common import fail, new_figure, parse_args, save_figure
+from studies.recipes import BATCH_SIZE_MODES, BatchSizeSettings, training_recipe
+from studies.report import Timer, compute_note, write_json, write_readme
+from studies.scans import scan_run
 
 NAME = "batch_size_flatness"
 
@@ -23,32 +26,6 @@ NAME = "batch_size_flatness"
 # keyed by (weight decay, batch size). Transcribed from memory of the figure, not checked against
 # the paper's text here: treat them as approximate.
 PAPER_TEST_ERROR = {(0.0, 128): 7.37, (0.0, 8192): 11.07, (5e-4, 128): 6.00, (5e-4, 8192): 10.19}
-
-
-@dataclass(frozen=True)
-class Settings:
-    model: str
-    small: int                  # batch sizes
-    large: int
-    weight_decays: tuple[float, ...]
-    training: dict[str, Any]    # TrainConfig overrides
-    samples: int | None         # images per point (train and test split)
-    random_axis: str            # filter-normalized 1-D slice
-    interp_axis: str            # interpolation, 0 = small batch, 1 = large batch
-
-
-MODES = {
-    # The paper: VGG-9, CIFAR-10, 300 epochs, lr 0.1 (/10 at epochs 150, 225, 275), batch 128 vs 8192.
-    "full": Settings("vgg9", 128, 8192, (0.0, 5e-4), dict(epochs=300, lr=0.1, milestones=(0.5, 0.75, 275 / 300)),
-                     None, "-1:1:51", "-0.5:1.5:401"),
-    # 2 CPU cores: ResNet-8 (VGG-9 trains ~4x slower), 2048 MNIST images, 30 epochs at the paper's
-    # lr 0.1 (~90 s per run); batch 64 vs 512 (960 vs 120 steps). Weight decay 5e-3: in ~120x fewer
-    # steps than the paper's, 5e-4 would shrink the small-batch weights by ~2% and the large-batch
-    # ones by 0.3%; ten times that lets its effect show.
-    "quick": Settings("resnet8", 64, 512, (0.0, 5e-3), dict(samples=2048, test_samples=1000, epochs=30, lr=0.1),
-                      512, "-1:1:21", "-0.5:1.5:41"),
-    "smoke": Settings("resnet8", 16, 96, (0.0, 5e-4), dict(epochs=3), 32, "-1:1:5", "-0.5:1.5:5"),
-}
 
 
 def paper_setting(wd: float, small: bool) -> tuple[float, int]:
@@ -82,7 +59,7 @@ def sharpness(surface: Any, value: str = "train_loss") -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
-    s = MODES[args.mode]
+    s = BATCH_SIZE_MODES[args.mode]
     template = replace(training_recipe(args, **s.training), model=s.model)
     records: dict[tuple[float, int], dict[str, Any]] = {}
     interpolations: dict[float, Any] = {}
@@ -142,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def plot(records: dict, slices: dict, interpolations: dict, s: Settings, out: Path) -> list[str]:
+def plot(records: dict, slices: dict, interpolations: dict, s: BatchSizeSettings, out: Path) -> list[str]:
     """Interpolations (landscapes.plot's 1-D curves), the filter-normalized slices of both batch
     sizes overlaid per weight decay (paper Fig. 3 top), and weight histograms (Fig. 2 bottom)."""
     from landscapes.plot import PlotConfig, plot_1d
@@ -184,7 +161,7 @@ def plot(records: dict, slices: dict, interpolations: dict, s: Settings, out: Pa
     return figures
 
 
-def describe(records: dict, interpolations: dict, s: Settings) -> str:
+def describe(records: dict, interpolations: dict, s: BatchSizeSettings) -> str:
     lines = []
     for wd in s.weight_decays:
         sb, lb = records[wd, s.small], records[wd, s.large]
@@ -206,7 +183,7 @@ def describe(records: dict, interpolations: dict, s: Settings) -> str:
     return "\n".join(lines)
 
 
-def notes(args: Any, s: Settings, template: Any, rows: list[dict[str, Any]]) -> str:
+def notes(args: Any, s: BatchSizeSettings, template: Any, rows: list[dict[str, Any]]) -> str:
     parts = [f"Every run uses one recipe except batch size and weight decay ({s.model}, {template.dataset}, "
              f"{template.samples or 'all'} training images, {template.epochs} epochs, SGD lr {template.lr} with "
              f"momentum {template.momentum}, lr /10 at {', '.join(f'{m:.0%}' for m in template.milestones)} of the "

@@ -10,12 +10,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from studies.common import (Timer, depth_color, epoch_axis, fail, line_style, log_error_axis, new_figure,
-                            parse_args, save_figure, trained_record, training_note, training_recipe,
-                            write_json, write_readme)
+from studies.cache import publish_net, run_path, trained_record
+from studies.common import (depth_color, epoch_axis, fail, line_style, log_error_axis, new_figure, parse_args,
+                            repo_relative, save_figure)
+from studies.recipes import training_recipe
+from studies.report import Timer, training_note, write_json, write_readme
+from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, mean_sd
 
 NAME = "degradation"
-DEPTHS = {"full": (20, 32, 44, 56), "quick": (20, 32, 44, 56), "smoke": (8, 20)}
+DEPTHS = {"full": (20, 32, 44, 56), "cpu": (20, 56), "quick": (20, 32, 44, 56), "smoke": (8, 20)}
+SEEDS = {"full": 1, "cpu": 2, "quick": 1, "smoke": 1}
 
 # He et al. 2015: Table 6 (CIFAR-10 test error %, ResNets with option A shortcuts; the paper
 # gives no table for its CIFAR plain nets, only Fig. 6) and Table 2 (ImageNet top-1 %, 10-crop).
@@ -39,40 +43,60 @@ class Net:
         return f"{'ResNet' if self.residual else 'plain'}-{self.depth}"
 
 
-def train_nets(template: Any, nets: list[Net], runs: Path) -> list[dict[str, Any]]:
-    """Train (or reuse from ``runs``) every net with the recipe ``template`` (a TrainConfig);
-    one record per net (see :func:`studies.common.trained_record`)."""
-    return [trained_record(replace(template, model=net.model, noshort=not net.residual), runs,
-                           label=net.label, depth=net.depth, residual=net.residual) for net in nets]
+def train_nets(template: Any, nets: list[Net], runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    """Train (or reuse from ``runs``) every net with the recipe ``template`` (a TrainConfig) for
+    every seed, seed by seed (so that a stopped run has whole seeds); one record per net and seed
+    (see :func:`studies.common.trained_record`)."""
+    return [trained_record(replace(template, model=net.model, noshort=not net.residual, seed=seed), runs,
+                           label=net.label, depth=net.depth, residual=net.residual, seed=seed)
+            for seed in seeds for net in nets]
+
+
+def net_key(record: dict[str, Any]) -> str:
+    """results.json's name for a net: plain20, resnet56, ..."""
+    return f"{'resnet' if record['residual'] else 'plain'}{record['depth']}"
+
+
+def by_net(records: list[dict[str, Any]], value: Any) -> dict[str, list[float]]:
+    """``value(record)`` per net, as a list over seeds (in seed order)."""
+    out: dict[str, list[float]] = {}
+    for r in sorted(records, key=lambda r: r["seed"]):
+        out.setdefault(net_key(r), []).append(value(r))
+    return out
 
 
 def plot(records: list[dict[str, Any]], out: Path, dataset: str) -> list[str]:
-    """Training and test error per epoch (plain dashed, residual solid) and final error vs depth."""
+    """Training error per epoch (every seed; plain dashed, residual solid), test error per epoch,
+    and final training error vs depth (mean ± sd over seeds)."""
     fig, axes = new_figure(3, 1, size=(4.6, 3.8))
-    for col, key in enumerate(("train_error", "test_error")):
+    train_key = "train_error_eval" if "train_error_eval" in records[0]["history"][-1] else "train_error"
+    for col, key in enumerate((train_key, "test_error")):
         ax = axes[0, col]
+        labelled = set()
         for r in records:
             epochs = [h["epoch"] for h in r["history"]]
+            label = None if r["label"] in labelled else r["label"]
+            labelled.add(r["label"])
             # floored at 0.01% so that a perfect epoch stays on the log axis
             ax.plot(epochs, [max(h[key], 1e-2) for h in r["history"]], line_style(r["residual"]),
-                    color=depth_color(r["depth"]), marker="o", ms=3, label=r["label"])
+                    color=depth_color(r["depth"]), marker="o", ms=3, alpha=0.85, label=label)
         what = "training" if col == 0 else "test"
-        ax.set(xlabel="epoch", ylabel=f"{what} error (%)",
-               title=f"{what.capitalize()} error, plain vs ResNet ({dataset})")
+        mode = " (eval mode, fixed subset)" if key == "train_error_eval" else ""
+        ax.set(xlabel="epoch", ylabel=f"{what} error (%)", title=f"{what.capitalize()} error{mode}, {dataset}")
         log_error_axis(ax)
         epoch_axis(ax)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=2)
+    axes[0, 0].legend(fontsize=7, ncol=2, title="solid: ResNet, dashed: plain", title_fontsize=7)
     ax = axes[0, 2]
+    final = by_net(records, final_train_error)
     for residual in (False, True):
-        rows = sorted((r for r in records if r["residual"] == residual), key=lambda r: r["depth"])
-        depths = [r["depth"] for r in rows]
+        depths = sorted({r["depth"] for r in records if r["residual"] == residual})
         name = "ResNet" if residual else "plain"
-        ax.plot(depths, [r["final_train_error"] for r in rows], line_style(residual), color="black",
-                marker="o", label=f"{name}: training")
-        ax.plot(depths, [r["final_test_error"] for r in rows], line_style(residual), color="grey",
-                marker="s", label=f"{name}: test")
-    ax.set(xlabel="depth (layers)", ylabel="final error (%)", title="Error after training vs depth")
+        stats = [mean_sd(final[f"{name.lower()}{d}"]) for d in depths]
+        ax.errorbar(depths, [m for m, _ in stats], yerr=[0 if math.isnan(sd) else sd for _, sd in stats],
+                    fmt="o" + line_style(residual), color="black", capsize=3, label=f"{name}: training")
+    ax.set(xlabel="depth (layers)", ylabel="final training error (%)",
+           title="Final training error vs depth (mean ± sd over seeds)")
     log_error_axis(ax)
     ax.set_xticks(sorted({r["depth"] for r in records}))
     ax.grid(True, which="both", alpha=0.3)
@@ -81,60 +105,95 @@ def plot(records: list[dict[str, Any]], out: Path, dataset: str) -> list[str]:
 
 
 def verdict(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Does our run show the paper's claim? Compares final training errors across depths."""
-    plain = {r["depth"]: r["final_train_error"] for r in records if not r["residual"]}
-    res = {r["depth"]: r["final_train_error"] for r in records if r["residual"]}
-    lo, hi = min(plain), max(plain)
-    ordered = sorted(plain)
+    """Does our run show the paper's claim? Compares final training errors across depths, and
+    calls an order only where it exceeds the seed-to-seed spread (studies.stats.clearly_above)."""
+    final = by_net(records, final_train_error)
+    depths = sorted({r["depth"] for r in records})
+    lo, hi = depths[0], depths[-1]
+    plain_lo, plain_hi, res_lo, res_hi = (final[f"plain{lo}"], final[f"plain{hi}"], final[f"resnet{lo}"],
+                                          final[f"resnet{hi}"])
     return {
-        "plain_deeper_is_worse": plain[hi] > plain[lo],
-        "plain_monotone_in_depth": all(plain[a] <= plain[b] for a, b in zip(ordered, ordered[1:])),
-        "residual_deeper_not_worse": res[hi] <= res[lo],
-        "residual_beats_plain_at_every_depth": all(res[d] < plain[d] for d in plain),
-        "shallow": lo, "deep": hi,
+        "plain_deeper_is_worse": mean_sd(plain_hi)[0] > mean_sd(plain_lo)[0],
+        "plain_deeper_is_worse_beyond_seed_spread": clearly_above(plain_hi, plain_lo),
+        "residual_deeper_not_worse": mean_sd(res_hi)[0] <= mean_sd(res_lo)[0],
+        "residual_beats_plain_at_every_depth": all(mean_sd(final[f"resnet{d}"])[0] < mean_sd(final[f"plain{d}"])[0]
+                                                   for d in depths),
+        "residual_beats_plain_beyond_seed_spread": all(clearly_above(final[f"plain{d}"], final[f"resnet{d}"])
+                                                       for d in depths),
+        "shallow": lo, "deep": hi, "seeds": len(plain_lo),
     }
 
 
 def describe(v: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    err = {(r["depth"], r["residual"]): r["final_train_error"] for r in records}
+    final = by_net(records, final_train_error)
     lo, hi = v["shallow"], v["deep"]
     yes = {True: "yes", False: "**no**"}
+
+    def f(net: str) -> str:
+        return fmt_mean_sd(final[net], 2, "%")
+
     return "\n".join([
         f"- Deeper plain net has the higher training error: {yes[v['plain_deeper_is_worse']]} "
-        f"(plain-{hi} {err[hi, False]:.2f}% vs plain-{lo} {err[lo, False]:.2f}%); training error rises "
-        f"monotonically with plain depth: {yes[v['plain_monotone_in_depth']]}.",
+        f"(plain-{hi} {f(f'plain{hi}')} vs plain-{lo} {f(f'plain{lo}')}, mean ± sd over seeds); by more than "
+        f"the seed spread: {yes[v['plain_deeper_is_worse_beyond_seed_spread']]}.",
         f"- Deeper residual net is not worse: {yes[v['residual_deeper_not_worse']]} "
-        f"(ResNet-{hi} {err[hi, True]:.2f}% vs ResNet-{lo} {err[lo, True]:.2f}%).",
-        f"- Residual below plain at every depth: {yes[v['residual_beats_plain_at_every_depth']]}.",
+        f"(ResNet-{hi} {f(f'resnet{hi}')} vs ResNet-{lo} {f(f'resnet{lo}')}).",
+        f"- Residual below plain at every depth: {yes[v['residual_beats_plain_at_every_depth']]}; beyond the seed "
+        f"spread at every depth: {yes[v['residual_beats_plain_beyond_seed_spread']]}.",
     ])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
+    def add(p: Any) -> None:
+        p.add_argument("--seeds", type=int, default=None, help="training seeds per net (seed, seed+1, ...; "
+                       "default " + ", ".join(f"{v} {k}" for k, v in SEEDS.items()) + ")")
+
+    args = parse_args(NAME, __doc__.split("\n\n")[0], argv, add)
     template = training_recipe(args)
-    nets = [Net(d, residual) for residual in (False, True) for d in DEPTHS[args.mode]]
+    seeds = [args.seed + k for k in range(args.extra["seeds"] or SEEDS[args.mode])]
+    nets = [Net(d, residual) for residual in (True, False) for d in DEPTHS[args.mode]]
     try:
         with Timer() as timer:
-            records = train_nets(template, nets, args.runs)
+            records = train_nets(template, nets, args.runs, seeds)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     v = verdict(records)
     figures = plot(records, args.out, template.dataset)
-    result = {"study": NAME, "mode": args.mode, "dataset": template.dataset, "samples": template.samples,
-              "test_samples": template.test_samples, "epochs": template.epochs, "seed": args.seed,
-              "seconds": timer.seconds, "verdict": v, "nets": records,
+    if args.mode == "cpu":  # the first seed's nets, so that others can rescan them without retraining
+        for r in records:
+            if r["seed"] == seeds[0]:
+                r["published"] = repo_relative(publish_net(run_path(r), args.out))
+    test_n = records[0]["test_samples_n"]
+    result = {"study": NAME, "tier": args.mode, "mode": args.mode, "dataset": template.dataset,
+              "seeds": sorted({r["seed"] for r in records}), "train_samples": records[0]["train_samples_n"],
+              "test_samples": test_n, "train_eval_samples": template.train_eval_samples,
+              "epochs": template.epochs, "seconds": timer.seconds, "verdict": v,
+              "final_train_error_pct": by_net(records, final_train_error),
+              "test_error_pct": by_net(records, lambda r: r["final_test_error"]),
+              "nets": records,
               "paper": {"cifar10_resnet_test_error": PAPER_CIFAR_RESNET_TEST,
                         "imagenet_top1_error": PAPER_IMAGENET_TOP1}}
     write_json(args.out / "results.json", result)
-    table = [{"net": r["label"], "params": r["params"], "train error % (ours)": r["final_train_error"],
-              "test error % (ours)": r["final_test_error"],
-              "test error % (He et al., CIFAR-10)": PAPER_CIFAR_RESNET_TEST.get(r["depth"]) if r["residual"] else
-              "not tabulated (Fig. 6: above ResNet)", "wall s": r["wall_seconds"]} for r in records]
-    data = (f"{template.dataset}, first {template.samples or 'all'} training / {template.test_samples or 'all'} "
+    final, test = result["final_train_error_pct"], result["test_error_pct"]
+    table = []
+    for r in sorted({(r["residual"], r["depth"], r["label"], r["params"]) for r in records}, reverse=True):
+        residual, depth, label, params = r
+        key = f"{'resnet' if residual else 'plain'}{depth}"
+        table.append({"net": label, "params": params, "seeds": len(final[key]),
+                      "train error % (mean ± sd)": fmt_mean_sd(final[key], 3),
+                      "test error % (mean ± sd)": fmt_mean_sd(test[key], 2),
+                      f"test SE per seed (binomial, {test_n} images)": f"± {binomial_se_pct(mean_sd(test[key])[0], test_n):.2f}",
+                      "test error % (He et al., CIFAR-10)": PAPER_CIFAR_RESNET_TEST.get(depth) if residual else
+                      "not tabulated (Fig. 6: above ResNet)",
+                      "wall s (all seeds)": sum(x["wall_seconds"] for x in records if net_key(x) == key)})
+    data = (f"{template.dataset}, {template.samples or 'all'} training / {template.test_samples or 'all'} "
             f"test images, {template.epochs} epochs, batch {template.batch_size}, lr {template.lr} "
-            f"(/10 at 50% and 75% of the iterations), weight decay {template.weight_decay}")
-    notes = [f"Training recipe: {data}. Training error is the running average over each epoch in train "
-             "mode, as in the paper's curves; test error uses eval mode (stored BN statistics)."]
+            f"(/10 at 50% and 75% of the iterations){', warm-up at lr/10 until the training error is below 80%' if template.warmup else ''}, weight decay {template.weight_decay}")
+    train_def = (f"the eval-mode error (stored BN statistics) on the first {template.train_eval_samples:,} training "
+                 "images after the last epoch" if template.train_eval_samples else
+                 "the running average over the last epoch in train mode, as in the paper's curves")
+    notes = [f"Training recipe: {data}. Training error is {train_def}; test error uses eval mode on "
+             f"{test_n:,} test images. Seeds: {', '.join(str(s) for s in result['seeds'])}."]
     notes.append(training_note(records))
     if args.mode == "quick":
         notes.append("Full mode (CIFAR-10, 164 epochs = the paper's 64k iterations) was not run here: no "

@@ -14,9 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from studies.common import (Timer, compute_note, fail, parse_args, replacing_conflicts, run_path, scan_config,
-                            trained_record, training_recipe, write_json, write_readme)
-from studies.resnet_vs_noshort_landscape import label, net_config
+from landscapes.hessian import HessianConfig, HessianScanConfig, hessian_scan
+from studies.cache import run_path, trained_record
+from studies.common import fail, parse_args
+from studies.recipes import landscape_label, landscape_net, training_recipe
+from studies.report import Timer, compute_note, write_json, write_readme
+from studies.scans import replacing_conflicts, scan_config
 
 NAME = "hessian_ratio"
 CONVEX = 0.05  # a point counts as "locally convex" when |lambda_min / lambda_max| is below this
@@ -36,6 +39,9 @@ MODES = {
     # One point costs 10-20 products: ~1.5 s for ResNet-20 on 16 MNIST images with one thread, ~3x that
     # for ResNet-56, so 5x5 maps of both pairs take ~6 min. The grid lies on resnet_vs_noshort's.
     "quick": Settings((20, 56), "-0.3:0.3:5", 16, 20, 1e-2),
+    # The cpu tier: 9x9 on the paper's [-1, 1]^2 (the same plane as resnet_vs_noshort's 31x31; the grids
+    # share the centre and the corners) over 128 training images.
+    "cpu": Settings((20, 56), "-1:1:9", 128, 20, 1e-2),
     "smoke": Settings((8,), "-1:1:3", 8, 12, 1e-2),
 }
 
@@ -55,8 +61,6 @@ def ratio_stats(surface: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from landscapes.hessian import HessianConfig, HessianScanConfig, hessian_scan
-
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
     s = MODES[args.mode]
     template = training_recipe(args)
@@ -67,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with Timer() as timer:
             for depth in s.depths:
                 for residual in (True, False):
-                    rec = trained_record(net_config(args, depth, residual), args.runs,
-                                         label=label(depth, residual), depth=depth, residual=residual)
+                    rec = trained_record(landscape_net(args, depth, residual), args.runs,
+                                         label=landscape_label(depth, residual), depth=depth, residual=residual)
                     out = args.out / "surfaces" / f"hessian_{rec['model']}.h5"
                     # The plane of resnet_vs_noshort_landscape's contours: same checkpoint, seed, direction file.
                     config = scan_config(args, run_path(rec), out, x=s.grid, y=s.grid, samples=s.samples)

@@ -15,9 +15,11 @@ import torch
 import torch.nn as nn
 
 from models.data import DeviceData, load_device_data
-from studies.common import (Timer, depth_color, fail, line_style, load_trained, new_figure, parse_args,
-                            repo_relative, save_figure, train_cached, training_note, training_recipe,
-                            write_json, write_readme)
+from studies.cache import load_trained, split_size, train_cached
+from studies.common import depth_color, fail, line_style, new_figure, parse_args, repo_relative, save_figure
+from studies.recipes import training_recipe
+from studies.report import Timer, training_note, write_json, write_readme
+from studies.stats import clearly_above, fmt_mean_sd, mean_sd
 
 NAME = "layer_responses"
 # (depth, residual) as in the paper's figure, trained with the shared recipe of the mode (full: He
@@ -26,9 +28,11 @@ NAME = "layer_responses"
 # which barely move in the ~80 steps at lr 0.02 of the degradation runs (all stds stay ~1.0). At
 # lr 0.1, ResNet-44/56 diverge on this budget, so quick compares depths 20 and 32.
 NETS = {"full": [(20, False), (56, False), (20, True), (56, True), (110, True)],
+        "cpu": [(20, False), (56, False), (20, True), (56, True)],  # the degradation study's nets and seeds
         "quick": [(20, False), (32, False), (20, True), (32, True)],
         "smoke": [(8, False), (20, False), (8, True), (20, True)]}
-OVERRIDES = {"full": {}, "quick": dict(samples=5000, epochs=6, lr=0.1), "smoke": {}}
+OVERRIDES = {"full": {}, "cpu": {}, "quick": dict(samples=5000, epochs=6, lr=0.1), "smoke": {}}
+SEEDS = {"full": 1, "cpu": 2, "quick": 1, "smoke": 1}
 
 
 def conv3x3_responses(model: nn.Module) -> list[str]:
@@ -81,7 +85,8 @@ def response_std(model: nn.Module, data: DeviceData, layers: list[str], batch_si
 def plot(records: list[dict[str, Any]], out: Path, dataset: str) -> list[str]:
     fig, axes = new_figure(1, 2, size=(9.0, 3.4))
     for r in records:
-        style = dict(color=depth_color(r["depth"]), lw=1.2, label=r["label"])
+        first = r["seed"] == records[0]["seed"]  # one legend entry per net; other seeds drawn thinner
+        style = dict(color=depth_color(r["depth"]), lw=1.2 if first else 0.6, label=r["label"] if first else None)
         stds = r["std"]
         axes[0, 0].plot(range(1, len(stds) + 1), stds, line_style(r["residual"]), **style)
         axes[1, 0].plot(range(1, len(stds) + 1), sorted(stds, reverse=True), line_style(r["residual"]), **style)
@@ -96,15 +101,22 @@ def plot(records: list[dict[str, Any]], out: Path, dataset: str) -> list[str]:
 
 
 def verdict(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean response std: ResNet vs plain at each depth both were trained, and across ResNet depths."""
-    mean = {(r["depth"], r["residual"]): r["mean_std"] for r in records}
+    """Mean response std (averaged over seeds): ResNet vs plain at each depth both were trained,
+    and across ResNet depths; with several seeds, whether each order exceeds the seed spread."""
+    by = {}
+    for r in records:
+        by.setdefault((r["depth"], r["residual"]), []).append(r["mean_std"])
+    mean = {k: mean_sd(v)[0] for k, v in by.items()}
     both = sorted(d for d, res in mean if res and (d, False) in mean)
     res_depths = sorted(d for d, res in mean if res)
     # The last BN of each block (``bn2``) is the one added to the identity in a ResNet: where the
     # residual function is small, it is small.
     ends = {(r["depth"], r["residual"]): _mean([s for n, s in zip(r["layers"], r["std"]) if n.endswith(".bn2")])
-            for r in records}
+            for r in records if r["seed"] == records[0]["seed"]}
     return {
+        "seeds": len(by[next(iter(by))]),
+        "mean_std_by_net": {f"{'ResNet' if res else 'plain'}-{d}": fmt_mean_sd(v, 3) for (d, res), v in sorted(by.items())},
+        "residual_smaller_beyond_seed_spread": all(clearly_above(by[d, False], by[d, True]) for d in both),
         "residual_smaller_at_every_depth": all(mean[d, True] < mean[d, False] for d in both),
         "deeper_resnet_smaller": all(mean[a, True] >= mean[b, True] for a, b in zip(res_depths, res_depths[1:])),
         "ratio_residual_over_plain": {d: mean[d, True] / mean[d, False] for d in both},
@@ -124,6 +136,10 @@ def describe(v: dict[str, Any]) -> str:
         f"- ResNet responses smaller than plain at every depth: {yes[v['residual_smaller_at_every_depth']]} "
         f"(mean std ResNet / plain: {ratios}).",
         f"- Deeper ResNet has smaller responses: {yes[v['deeper_resnet_smaller']]}.",
+        f"- Mean response std per net (mean ± sd over {v['seeds']} seed(s)): "
+        + "; ".join(f"{k} {x}" for k, x in v["mean_std_by_net"].items())
+        + f". ResNet below plain by more than the seed spread at every depth: "
+        f"{yes[v['residual_smaller_beyond_seed_spread']]}.",
         f"- The difference sits in the last BN of each block, the response added to the identity in a "
         f"ResNet (mean std of the `bn2` layers, ResNet / plain: {ends}); a ratio near 1 means the short "
         "run has barely moved the BN scales from their initial value of 1.",
@@ -131,21 +147,26 @@ def describe(v: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
+    def add(p: Any) -> None:
+        p.add_argument("--seeds", type=int, default=None, help="training seeds per net (seed, seed+1, ...; "
+                       "default " + ", ".join(f"{v} {k}" for k, v in SEEDS.items()) + ")")
+
+    args = parse_args(NAME, __doc__.split("\n\n")[0], argv, add)
+    seeds = [args.seed + k for k in range(args.extra["seeds"] or SEEDS[args.mode])]
     template = training_recipe(args, **OVERRIDES[args.mode])
     records = []
     try:
         with Timer() as timer:
             test = load_device_data(template.dataset, template.data_root, "test", template.test_samples,
                                     args.device, args.download, **template.data_kwargs)
-            for depth, residual in NETS[args.mode]:
-                config = replace(template, model=f"resnet{depth}", noshort=not residual)
+            for seed, (depth, residual) in ((s, n) for s in seeds for n in NETS[args.mode]):
+                config = replace(template, model=f"resnet{depth}", noshort=not residual, seed=seed)
                 history, run = train_cached(config, args.runs)
                 model = load_trained(run, args.device)
                 layers = conv3x3_responses(model)
                 std = response_std(model, test, layers)
                 values = [std[n] for n in layers]
-                records.append({"label": f"{'ResNet' if residual else 'plain'}-{depth}", "depth": depth,
+                records.append({"label": f"{'ResNet' if residual else 'plain'}-{depth}", "depth": depth, "seed": seed,
                                 "residual": residual, "layers": layers, "std": values,
                                 "mean_std": sum(values) / len(values), "max_std": max(values),
                                 "test_error": history[-1]["test_error"], "run": repo_relative(run),
@@ -154,11 +175,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fail(str(err))
     v = verdict(records)
     figures = plot(records, args.out, template.dataset)
-    result = {"study": NAME, "mode": args.mode, "dataset": template.dataset, "test_samples": len(test),
-              "epochs": template.epochs, "seed": args.seed, "seconds": timer.seconds, "verdict": v,
+    result = {"study": NAME, "tier": args.mode, "mode": args.mode, "dataset": template.dataset,
+              "seeds": seeds, "train_samples": split_size(template, "train"), "test_samples": len(test),
+              "epochs": template.epochs, "seconds": timer.seconds, "verdict": v,
               "nets": records}
     write_json(args.out / "results.json", result)
-    table = [{"net": r["label"], "3x3 layers": len(r["std"]), "mean std (ours)": r["mean_std"],
+    table = [{"net": r["label"], "seed": r["seed"], "3x3 layers": len(r["std"]), "mean std (ours)": r["mean_std"],
               "max std (ours)": r["max_std"], "test error % (ours)": r["test_error"],
               "training wall s": r["wall_seconds"],
               "He et al. Fig. 7": "ResNet below plain" if r["residual"] else "plain above ResNet"}

@@ -11,9 +11,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from studies.common import REPO, Timer, fail, parse_args, write_json, write_readme
+from models import resolve_device
+from odenets.compare import PAPER, CompareConfig, compare
+from odenets.plots import plot_compare
+from studies.common import REPO, fail, parse_args
+from studies.report import Timer, write_json, write_readme
+from studies.stats import binomial_se_pct
 
 NAME = "odenet_mnist"
+MNIST_TEST_IMAGES = 10_000
 
 # odenets.compare's settings per mode. Quick is exactly the comparison run into results/odenet_mnist
 # with its CLI (python -m odenets.compare --samples 6000 --epochs 3 --milestones 0.7 --test-samples 2000
@@ -43,11 +49,9 @@ PAPER_NOTE = ("Chen et al. Table 1 (MNIST): 1-layer MLP 1.60% / 0.24M; ResNet 0.
 def same_settings(doc: dict[str, Any], config: Any) -> bool:
     """Whether a compare.json document was computed with ``config`` on this kind of device (paths
     and verbosity aside)."""
-    from odenets.compare import _resolve_device
-
     mine = json.loads(json.dumps(asdict(config)))
     saved = doc.get("config", {})
-    return doc.get("device") == str(_resolve_device(config.device)) and all(
+    return doc.get("device") == str(resolve_device(config.device)) and all(
         saved.get(k) == v for k, v in mine.items() if k not in _NOT_IDENTITY)
 
 
@@ -59,9 +63,6 @@ def settings_diff(doc: dict[str, Any], config: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from odenets.compare import PAPER, CompareConfig, compare
-    from odenets.plots import plot_compare
-
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv, add_arguments=lambda p: p.add_argument(
         "--recompute", action="store_true", help="replace a compare.json in --out made with other settings"))
     # The default run cache is odenets.compare's own folder, so its CLI runs and this study share checkpoints.
@@ -84,14 +85,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     rows, sweep = doc["rows"], doc["sweep"]
-    result = {"study": NAME, "mode": args.mode, "reused_compare_json": reused, "seconds": timer.seconds,
+    test_n = doc["config"]["test_samples"] or MNIST_TEST_IMAGES if doc["config"]["dataset"] == "mnist" else None
+    models_ = {r["model"]: {"test_error_pct": r["test_error"], "params": r["params"],
+                            "test_error_se_pct": binomial_se_pct(r["test_error"], test_n) if test_n else None}
+               for r in rows}
+    result = {"study": NAME, "tier": args.mode, "mode": args.mode, "seeds": [doc["config"]["seed"]],
+              "train_samples": doc["config"]["samples"], "test_samples": test_n, "models": models_,
+              "reused_compare_json": reused, "seconds": timer.seconds,
               "compare_seconds": doc["seconds"], "config": doc["config"], "device": doc["device"],
               "rows": rows, "nfe_vs_epoch": doc["nfe_vs_epoch"], "sweep": sweep,
               "memory_vs_depth": doc["memory_vs_depth"], "paper": PAPER}
     write_json(args.out / "results.json", result)
     c = doc["config"]
     table = [{"model": r["model"], "params": r["params"], "params (paper)": _m(r["params_paper_m"]),
-              "test error % (ours)": r["test_error"], "test error % (paper)": r["test_error_paper"],
+              "test error % (ours, ± binomial SE)": f"{r['test_error']:.2f} ± {models_[r['model']]['test_error_se_pct']:.2f}"
+              if models_[r["model"]]["test_error_se_pct"] is not None else r["test_error"],
+              "test error % (paper)": r["test_error_paper"],
               "NFE-F train": r["nfe_forward_train"], "NFE-B train": r["nfe_backward_train"],
               "peak MiB (one step)": r["peak_memory_mib"], "memory (paper)": r["memory_paper"],
               "train s/epoch": r["train_s_per_epoch"]} for r in rows]

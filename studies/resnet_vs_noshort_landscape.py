@@ -6,7 +6,7 @@ landscape of deep nets turns chaotic, with skips it stays smooth.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,12 @@ import torch
 
 from models.train import warmup_enabled
 
-from studies.common import (Timer, compute_note, fail, merge_surfaces, parse_args, run_path, scan_run,
-                            trained_record, training_recipe, write_json, write_readme)
+from studies.cache import run_path, split_size, trained_record
+from studies.common import fail, parse_args
+from studies.recipes import LANDSCAPE_TRAINING, landscape_label, landscape_net, training_recipe
+from studies.report import Timer, compute_note, write_json, write_readme
+from studies.scans import merge_surfaces, scan_run
+from studies.stats import final_train_error
 
 NAME = "resnet_vs_noshort_landscape"
 
@@ -45,21 +49,11 @@ MODES = {
     # sharper at the filter-normalized scale than the paper's (a first run on [-1, 1]^2 measured losses of
     # 6e3-1.6e10 at the corners, 1e2-3e5 at |alpha| = |beta| = 0.5), so the grid spans their basin.
     "quick": Settings((20, 56), "-0.3:0.3:13", 256, 56),
+    # The cpu tier: the paper's scale ([-1, 1]^2, filter-normalized, biases and BN ignored) on a 31x31 grid
+    # over 2,000 MNIST training images, for the converged nets of the degradation study.
+    "cpu": Settings((20, 56), "-1:1:31", 2000, 56),
     "smoke": Settings((8,), "-1:1:5", 32, 8),
 }
-TRAINING = {"full": dict(epochs=300, weight_decay=5e-4, milestones=(0.5, 0.75, 275 / 300)), "quick": {}, "smoke": {}}
-
-
-def net_config(args: Any, depth: int, residual: bool) -> Any:
-    """The TrainConfig of ResNet-<depth> (or its noshort twin) in this mode; shared with hessian_ratio
-    so that both studies look at the same trained nets."""
-    return replace(training_recipe(args, **TRAINING[args.mode]), model=f"resnet{depth}", noshort=not residual)
-
-
-def label(depth: int, residual: bool) -> str:
-    return f"ResNet-{depth}" + ("" if residual else "-noshort")
-
-
 def slice_stats(surface: Any, value: str = "train_loss") -> dict[str, Any]:
     """Numbers that say how convex and how wide the 2-D slice is (computed from the grid alone):
     center and minimum loss; ``convex_fraction``: share of interior grid points whose 2x2
@@ -86,14 +80,14 @@ def slice_stats(surface: Any, value: str = "train_loss") -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
     settings = MODES[args.mode]
-    template = training_recipe(args, **TRAINING[args.mode])
+    template = training_recipe(args, **LANDSCAPE_TRAINING[args.mode])
     nets = [(d, residual) for d in settings.depths for residual in (True, False)]
     records, surfaces = [], {}
     try:
         with Timer() as timer:
             for depth, residual in nets:
-                config = net_config(args, depth, residual)
-                rec = trained_record(config, args.runs, label=label(depth, residual), depth=depth, residual=residual,
+                config = landscape_net(args, depth, residual)
+                rec = trained_record(config, args.runs, label=landscape_label(depth, residual), depth=depth, residual=residual,
                                      warmup=warmup_enabled(config))
                 with Timer() as scan_timer:
                     res = scan_run(args, run_path(rec), args.out / "surfaces" / f"{rec['model']}.h5",
@@ -108,10 +102,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     figures = plot(surfaces, settings, args.out, template.dataset)
-    result = {"study": NAME, "mode": args.mode, "dataset": template.dataset, "grid": settings.grid,
-              "samples": settings.samples, "epochs": template.epochs, "seed": args.seed,
+    axis = [float(v) for v in settings.grid.split(":")]
+    result = {"study": NAME, "tier": args.mode, "mode": args.mode, "dataset": template.dataset,
+              "grid": [int(axis[2]), int(axis[2])], "range": [axis[0], axis[1], axis[0], axis[1]],
+              "samples": settings.samples, "epochs": template.epochs, "seeds": [args.seed],
+              "train_samples": split_size(template, "train"), "test_samples": split_size(template, "test"),
+              # keyed by registry name (resnet56, resnet56_noshort, ...), as tools read them
+              "nets": {r["model"]: {**r, "train_error_pct": final_train_error(r), "test_error_pct": r["final_test_error"]}
+                       for r in records},
               "seconds": timer.seconds, "threads": torch.get_num_threads(),
-              "nets": records, "paper_test_error": {label(d, r): e for (d, r), e in PAPER_TEST_ERROR.items()}}
+              "paper_test_error": {landscape_label(d, r): e for (d, r), e in PAPER_TEST_ERROR.items()}}
     write_json(args.out / "results.json", result)
     write_readme(args, "ResNet vs ResNet-noshort loss landscapes (Li et al. 2018, Fig. 5-6)",
                  "Filter-normalized 2-D slices around the trained weights: ResNet-20 and ResNet-20-noshort both "
@@ -141,18 +141,18 @@ def plot(surfaces: dict[str, Any], settings: Settings, out: Path, dataset: str) 
     figures = []
     merged = merge_surfaces(surfaces)
     for residual, tag in ((True, "resnet"), (False, "noshort")):
-        names = tuple(f"{label(d, residual)} train_loss" for d in settings.depths)
+        names = tuple(f"{landscape_label(d, residual)} train_loss" for d in settings.depths)
         title = f"{'With' if residual else 'Without'} skip connections: train loss on {dataset}, " \
                 f"filter-normalized directions, {settings.grid.rsplit(':', 1)[1]}² grid"
         fig = plot_2d(merged, "contour", PlotConfig(values=names, title=title, dpi=110))
         fig.savefig(out / f"contours_{tag}.png", dpi=110)
         figures.append(f"contours_{tag}.png")
-    names = tuple(f"{label(d, r)} train_loss" for d in settings.depths for r in (True, False))
+    names = tuple(f"{landscape_label(d, r)} train_loss" for d in settings.depths for r in (True, False))
     fig = plot_2d(merged, "surface", PlotConfig(values=names, log=True, title="3-D loss surfaces (log scale)"))
     fig.savefig(out / "surfaces_3d.png", dpi=100)
     figures.append("surfaces_3d.png")
     d = settings.html_depth
-    pair = (f"{label(d, True)} train_loss", f"{label(d, False)} train_loss")
+    pair = (f"{landscape_label(d, True)} train_loss", f"{landscape_label(d, False)} train_loss")
     write_html(merged, out / f"resnet{d}_vs_noshort_3d.html",
                PlotConfig(values=pair, log=True, title=f"ResNet-{d} with and without skip connections"))
     return figures

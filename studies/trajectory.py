@@ -14,9 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from studies.batch_size_flatness import MODES as BATCH_MODES
-from studies.common import (Timer, compute_note, fail, parse_args, run_path, scan_run, trained_record,
-                            training_recipe, write_json, write_readme)
+from landscapes.trajectory import (PCAConfig, TrajectoryConfig, pca_trajectory, random_walk_variance,
+                                   suggested_axes)
+from studies.cache import run_path, split_size, trained_record
+from studies.common import fail, parse_args
+from studies.recipes import BATCH_SIZE_MODES, training_recipe
+from studies.report import Timer, compute_note, write_json, write_readme
+from studies.scans import scan_run
 
 NAME = "trajectory"
 
@@ -44,10 +48,8 @@ def label(batch: int, wd: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from landscapes.trajectory import PCAConfig, TrajectoryConfig, pca_trajectory, suggested_axes
-
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
-    s, b = MODES[args.mode], BATCH_MODES[args.mode]
+    s, b = MODES[args.mode], BATCH_SIZE_MODES[args.mode]
     template = replace(training_recipe(args, **b.training), model=b.model)
     records, planes = [], []
     try:
@@ -67,9 +69,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 planes.append(res.surface)
                 proj, ratio = traj.projection, traj.pca.explained_variance_ratio
                 total = float((proj.distance ** 2).sum())
+                dim = sum(int(t.numel()) for t in traj.pca.directions[0].values())
+                walk_mean, walk_sd = random_walk_variance(len(proj.x), dim, seed=args.seed)
                 del rec["history"][:-1]
                 rec.update(tag=tag, checkpoints=len(proj.x), explained_variance_ratio=[float(r) for r in ratio],
-                           pc12_variance=float(ratio.sum()),
+                           pc12_variance=float(ratio.sum()), explained_variance_2pc=float(ratio.sum()),
+                           random_walk_2pc={"mean": walk_mean, "sd": walk_sd, "points": len(proj.x), "dim": dim},
                            path_in_plane=1 - float((proj.residual ** 2).sum()) / total if total > 0 else float("nan"),
                            start=[float(proj.x[0]), float(proj.y[0])], path_length=float(np.hypot(
                                np.diff(proj.x), np.diff(proj.y)).sum()), grid=[gx, gy],
@@ -81,13 +86,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     figures = plot(records, args.out)
-    result = {"study": NAME, "mode": args.mode, "dataset": template.dataset, "model": b.model,
-              "samples_per_point": s.samples, "seed": args.seed,
-              "seconds": timer.seconds, "threads": torch.get_num_threads(), "runs": records}
+    result = {"study": NAME, "tier": args.mode, "mode": args.mode, "dataset": template.dataset, "model": b.model,
+              "samples_per_point": s.samples, "seeds": [args.seed], "train_samples": split_size(template, "train"),
+              "test_samples": split_size(template, "test"), "seconds": timer.seconds,
+              "threads": torch.get_num_threads(), "runs": {r["tag"]: r for r in records},
+              # the null: an isotropic random walk with as many checkpoints in as many dimensions
+              "random_walk_2pc": {r["tag"]: r["random_walk_2pc"] for r in records}}
     write_json(args.out / "results.json", result)
     table = [{"run": r["label"], "checkpoints": r["checkpoints"],
               "PC1 variance %": 100 * r["explained_variance_ratio"][0],
-              "PC2 variance %": 100 * r["explained_variance_ratio"][1], "path in plane %": 100 * r["path_in_plane"],
+              "PC2 variance %": 100 * r["explained_variance_ratio"][1],
+              "PC1+PC2 %": 100 * r["pc12_variance"],
+              "random walk PC1+PC2 % (null, mean ± sd)": f"{100 * r['random_walk_2pc']['mean']:.1f} ± "
+                                                         f"{100 * r['random_walk_2pc']['sd']:.1f}",
+              "path in plane %": 100 * r["path_in_plane"],
               "test error %": r["final_test_error"], "loss at the end (scan)": r["center_loss"]} for r in records]
     write_readme(args, "Optimization paths in PCA planes (Li et al. 2018, Sec. 7, Fig. 9)",
                  "The path of SGD lies in a very low-dimensional subspace: the first two PCA directions of the "
@@ -119,13 +131,20 @@ def describe(records: list[dict[str, Any]]) -> str:
     lines = []
     for r in records:
         ev = r["explained_variance_ratio"]
+        walk = r["random_walk_2pc"]
         lines.append(f"- {r['label']}: PC1 + PC2 explain {100 * ev[0]:.1f}% + {100 * ev[1]:.1f}% = "
-                     f"{100 * sum(ev):.1f}% of the variance of {r['checkpoints']} checkpoints; "
+                     f"{100 * sum(ev):.1f}% of the variance of {r['checkpoints']} checkpoints, against "
+                     f"{100 * walk['mean']:.1f} ± {100 * walk['sd']:.1f}% for an isotropic random walk with as many "
+                     f"checkpoints in as many dimensions ({walk['dim']:,}); "
                      f"{100 * r['path_in_plane']:.1f}% of the squared offsets from the final weights lie in the plane.")
     low = min(r["pc12_variance"] for r in records)
     verdict = ("within the paper's 40-90%" if 0.4 <= low <= 0.9 else "**below** the paper's 40-90%" if low < 0.4
                else "even above the paper's 40-90%: a short run's path is close to a curve in a plane")
     lines.append(f"- The two leading directions explain at least {100 * low:.0f}% in every run ({verdict}).")
+    above = [r for r in records if r["pc12_variance"] > r["random_walk_2pc"]["mean"] + 2 * r["random_walk_2pc"]["sd"]]
+    lines.append(f"- Above the random-walk null by more than 2 sd: {len(above)} of {len(records)} runs"
+                 + (f" ({', '.join(r['label'] for r in above)})" if above else "") + ". A PC1+PC2 share near the null "
+                 "says only that the path is walk-like; the planarity claim needs a share clearly above it.")
     sb = [r for r in records if r["batch_size"] == min(x["batch_size"] for x in records)]
     lb = [r for r in records if r["batch_size"] == max(x["batch_size"] for x in records)]
     def shares(rs: list[dict[str, Any]]) -> str:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 import models
 from models.data import DATASETS, load_device_data
-from studies.common import (Timer, depth_color, fail, line_style, new_figure, parse_args, save_figure,
-                            write_json, write_readme)
+from studies.common import depth_color, fail, line_style, new_figure, parse_args, save_figure
+from studies.report import Timer, write_json, write_readme
 
 NAME = "vanishing_gradients"
 CHAIN_VARIANTS = ("plain", "plain+BN", "residual", "residual+BN")

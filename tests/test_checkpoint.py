@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import models
-from models.checkpoint import CheckpointError, detect_shortcut
+from models.checkpoint import CheckpointError, detect_shortcut, normalization_of
 
 
 def same_state(a, b):
@@ -48,6 +48,21 @@ def test_corrupt_and_missing_files_name_the_problem(tmp_path):
         models.load_checkpoint(tmp_path / "nope.pt")
 
 
+def test_random_bytes_directories_and_devices_get_their_own_message(tmp_path):
+    """Before: random bytes were 'Python objects ... could run code', a directory 'does not exist'."""
+    (tmp_path / "noise.pt").write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                                      dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint") as err:
+        models.read_checkpoint(tmp_path / "noise.pt")
+    assert "run code" not in str(err.value)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        models.read_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        models.read_checkpoint("/dev/null")
+    torch.save(models.build("resnet8").state_dict(), tmp_path / "legacy.t7", _use_new_zipfile_serialization=False)
+    assert models.read_checkpoint(tmp_path / "legacy.t7")["state_dict"].keys() == models.build("resnet8").state_dict().keys()
+
+
 def test_mismatched_model_is_refused_with_keys(tmp_path):
     torch.save(models.build("resnet20").state_dict(), tmp_path / "r20.t7")
     with pytest.raises(CheckpointError, match="missing.*layer1.3"):
@@ -71,6 +86,20 @@ def test_reference_layout_loads_and_detects_option_b(tmp_path, wrap):
     assert torch.equal(model.eval()(x), ref(x))
     if wrap == "dict":
         assert meta["acc"] == 91.2
+
+
+def test_metadata_less_file_says_the_architecture_is_unverified(tmp_path, capsys):
+    """An option-A ResNet's keys equal its _noshort twin's: the name given decides, with a notice."""
+    torch.save(models.build("resnet8").state_dict(), tmp_path / "r8.t7")
+    model, meta = models.load_checkpoint(tmp_path / "r8.t7", name="resnet8_noshort")
+    assert model.layer1[0].shortcut is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'resnet8_noshort'" in err and "unverified" in err
+    assert "'loss-landscape'" in err and normalization_of(meta) == "loss-landscape"
+    models.save_checkpoint(tmp_path / "ours.pt", models.build("resnet8"))
+    _, meta = models.load_checkpoint(tmp_path / "ours.pt")
+    assert capsys.readouterr().err == "" and normalization_of(meta) == "torchvision"
+    assert normalization_of({"model": "resnet8", "normalization": "loss-landscape"}) == "loss-landscape"
 
 
 def test_reference_noshort_and_missing_name(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torchvision.datasets as tvd
 
-from models.data import (DATASETS, DataNotFoundError, DeviceData, augment_batch, load_device_data,
-                         load_split, make_synthetic)
+from models.data import (DATASETS, DataNotFoundError, DeviceData, augment_batch, default_data_root,
+                         load_device_data, load_split, make_synthetic, normalization_constants)
 
 
 def _md5(path: Path) -> str:
@@ -68,6 +68,44 @@ def test_missing_cifar_says_where_and_how(tmp_path):
     assert isinstance(err.value, FileNotFoundError)
     assert os.path.join(str(tmp_path), "cifar-10-batches-py") in msg
     assert "data_batch_1" in msg and "test_batch" in msg and "--download" in msg
+
+
+def test_missing_data_names_data_root_and_the_variable_and_download_only_when_offered(tmp_path):
+    with pytest.raises(DataNotFoundError) as err:
+        load_split("mnist", tmp_path, True)
+    assert "--data-root" in str(err.value) and "$RESNET_TOOLKIT_DATA" in str(err.value)
+    with pytest.raises(DataNotFoundError) as err:
+        load_device_data("mnist", tmp_path, "test", offer_download=False)
+    assert "--data-root" in str(err.value) and "--download" not in str(err.value)
+
+
+def test_default_data_root_is_the_environment_variable_else_data(monkeypatch):
+    monkeypatch.setenv("RESNET_TOOLKIT_DATA", "/somewhere/datasets")
+    assert default_data_root() == "/somewhere/datasets"
+    monkeypatch.delenv("RESNET_TOOLKIT_DATA")
+    assert default_data_root() == "data"
+
+
+def test_loss_landscape_normalization_uses_the_original_constants(tmp_path, monkeypatch):
+    """tomgoldstein/loss-landscape standardizes CIFAR-10 with its own rounded constants."""
+    raw = _write_cifar(tmp_path, monkeypatch, hundred=False)
+    ours, theirs = normalization_constants("cifar10"), normalization_constants("cifar10", "loss-landscape")
+    assert ours == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    assert theirs[0] == pytest.approx([125.3 / 255, 123.0 / 255, 113.9 / 255])
+    assert theirs[1] == pytest.approx([63.0 / 255, 62.1 / 255, 66.7 / 255])
+    planes = torch.from_numpy(raw["test_x"]).view(-1, 3, 32, 32).float() / 255
+    xs = {}
+    for norm, (mean, std) in (("torchvision", ours), ("loss-landscape", theirs)):
+        xs[norm], _ = load_split("cifar10", tmp_path, False, normalization=norm)
+        expected = (planes - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        torch.testing.assert_close(xs[norm], expected)
+    # The two differ by ~1e-3 per input: small, but it shifts the loss of a trained net.
+    gap = (xs["torchvision"] - xs["loss-landscape"]).abs().max().item()
+    assert 1e-4 < gap < 1e-2
+    with pytest.raises(ValueError, match="only for cifar10"):
+        load_split("mnist", tmp_path, False, normalization="loss-landscape")
+    with pytest.raises(ValueError, match="valid: torchvision, loss-landscape"):
+        normalization_constants("cifar10", "imagenet")
 
 
 def test_corrupt_cifar_is_reported_as_corrupt(tmp_path, monkeypatch):

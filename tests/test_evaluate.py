@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 import models
-from landscapes.evaluate import (BatchingFallbackWarning, EvalConfig, Evaluator, choose_pass_size, evaluate_naive,
-                                 evaluate_points, precision_deviation)
+from landscapes.evaluate import BatchingFallbackWarning, EvalConfig, Evaluator, evaluate_naive, evaluate_points
+from landscapes.sizing import choose_pass_size
 from landscapes.directions import DirectionConfig, create_directions
 from landscapes.fold import fold_batchnorm, fold_state, simplify_global_pool, trace
 from models.data import DeviceData, make_synthetic
@@ -133,13 +133,13 @@ def test_parallel_cpu_workers_match_naive(bn_mode):
 
 @pytest.mark.parametrize("points, workers, batches", [(5, 2, 16), (4, 3, 3), (6, 2, 5), (1, 4, 2), (7, 3, 1)])
 def test_work_units_cover_each_batch_once_and_balance_the_tail(points, workers, batches):
-    from landscapes.evaluate import _work_units
-    units = _work_units(points, workers, batches)
+    from landscapes.workunits import work_units
+    units = work_units(points, workers, batches)
     covered = sorted((i, k) for i, first, stop in units for k in range(first, stop))
     assert covered == [(i, k) for i in range(points) for k in range(batches)]
     tail = [stop - first for i, first, stop in units if i >= points - points % workers]
     assert not tail or max(tail) - min(tail) <= 1  # the last round is shared evenly
-    assert all(stop - first == batches for _, first, stop in _work_units(points, workers, batches, split_tail=False))
+    assert all(stop - first == batches for _, first, stop in work_units(points, workers, batches, split_tail=False))
 
 
 def test_recalibrate_with_separate_calibration_subset():
@@ -337,7 +337,8 @@ def test_bfloat16_reports_its_deviation(device):
     assert dev["max_abs_loss"] == pytest.approx((loss - ref).abs().max().item(), rel=1e-3)
     assert 0 < dev["max_rel_loss"] < 0.1  # bf16 was really used, and is close
     assert info.attrs()["eval_deviation_max_abs_loss"] == dev["max_abs_loss"]
-    standalone = precision_deviation(model, center, dirs, COORDS_2D, data, EvalConfig(dtype="bfloat16"), 4)
+    evaluator = Evaluator(model, center, dirs, data, EvalConfig(dtype="bfloat16"))
+    standalone = evaluator.deviation(COORDS_2D, *evaluator.evaluate(COORDS_2D)[:2], n_points=4)
     assert standalone["max_abs_loss"] == pytest.approx(dev["max_abs_loss"], rel=1e-6)
 
 
@@ -395,11 +396,11 @@ def test_bench_runs_both_loops_and_prints_ratio_last(capsys, tmp_path):
 
 def test_precision_scope_restores_global_flags():
     """float32 means true fp32 on CUDA (cuDNN convs default to TF32); the flags come back after."""
-    from landscapes.evaluate import _precision
+    from landscapes.precision import precision
     before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
-    with _precision("float32", torch.device("cuda")):
+    with precision("float32", torch.device("cuda")):
         assert torch.backends.cudnn.conv.fp32_precision == "ieee"
-    with _precision("tf32", torch.device("cuda")):
+    with precision("tf32", torch.device("cuda")):
         assert torch.backends.cuda.matmul.fp32_precision == "tf32"
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
 
@@ -416,8 +417,8 @@ def test_naive_engine_option_is_the_reference():
 
 def test_single_channel_images_stay_channels_last():
     """MNIST-like input: the first convolution's output must come out NHWC (the fast path)."""
-    from landscapes.evaluate import _channels_last
-    x = _channels_last(torch.randn(4, 1, 6, 6))
+    from landscapes.evaluate import channels_last
+    x = channels_last(torch.randn(4, 1, 6, 6))
     assert x.stride(1) == 1 and torch.equal(x, x.contiguous())
     w = torch.randn(5, 1, 3, 3).contiguous(memory_format=torch.channels_last)
     assert F.conv2d(x, w, padding=1).is_contiguous(memory_format=torch.channels_last)

@@ -190,7 +190,7 @@ def test_hessian_scan_writes_a_resumable_surface_the_plot_reads(tmp_path):
     a rerun computes nothing, and the plot draws the |min/max| ratio from the file."""
     import models
     from landscapes.directions import load_directions
-    from landscapes.evaluate import point_state
+    from landscapes.reference import point_state
     from landscapes.hessian import HessianScanConfig, hessian_scan
     from landscapes.plot import plot_surface_file
     from landscapes.scan import ScanConfig

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from models.data import load_device_data
+from models.data import DataNotFoundError, load_device_data
 from models.ode import NFE, ConcatConv2d, EulerStack, ODEBlock, ODEFunc, nfe, ode_blocks
 from models.train import evaluate
 from odenets.compare import CompareConfig, compare, main, parse_entry
@@ -352,3 +352,13 @@ def test_real_mnist_through_the_three_paper_models():
         F.cross_entropy(out, data.y).backward()
         assert nfe(model).forward == nfe_forward
     assert math.isclose(data.x.mean().item(), 0.0, abs_tol=0.3)  # normalized with MNIST's mean/std
+
+
+def test_compare_data_root_defaults_to_the_variable_and_never_offers_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNET_TOOLKIT_DATA", str(tmp_path / "shared"))
+    config = CompareConfig(out=str(tmp_path / "out"), runs=str(tmp_path / "runs"))
+    assert config.data_root == str(tmp_path / "shared")
+    with pytest.raises(DataNotFoundError) as err:  # odenets.compare has no --download flag
+        compare(config)
+    assert str(tmp_path / "shared") in str(err.value) and "--data-root" in str(err.value)
+    assert "--download" not in str(err.value)

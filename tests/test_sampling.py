@@ -3,7 +3,9 @@ engine's per-image sums against plain per-image losses, adaptive = full at toler
 determinism and exact resume of adaptive scans, the stopping rule, the refusals, the plot note."""
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +16,14 @@ import torch
 import torch.nn.functional as F
 
 import models
-from landscapes.evaluate import EvalConfig, Evaluator, point_state
-from landscapes.sampling import (SamplingConfig, image_order, ordered, precision_note, standard_error, stopped)
-from landscapes.scan import compute_surface, main
+from landscapes.evalconfig import EvalConfig
+from landscapes.evaluate import Evaluator
+from landscapes.plot import main as plot_main
+from landscapes.plot import plot_2d
+from landscapes.reference import point_state
+from landscapes.sampling import (SamplingConfig, image_order, ordered, precision_note, sampled_names, standard_error,
+                                 stopped)
+from landscapes.scan import compute_surface, main, value_names
 from landscapes.surface import SurfaceStore, read_surface
 from models.data import DeviceData, make_synthetic
 
@@ -160,8 +167,6 @@ def test_killed_adaptive_scan_resumes_bit_for_bit(setup, tmp_path, monkeypatch):
     the file, equals the uninterrupted run in every stored value."""
     cfg = SamplingConfig(precision=0.01, chunk=40)
     x, y = _grid()
-    from landscapes.sampling import sampled_names
-    from landscapes.scan import value_names
     names = value_names(["train"]) + sampled_names(["train"])
 
     def store(path):
@@ -190,7 +195,6 @@ def test_killed_adaptive_scan_resumes_bit_for_bit(setup, tmp_path, monkeypatch):
     cut = read_surface(tmp_path / "cut.h5")
     assert 0 < cut.values["train_n"].sum() < whole.values["train_n"].sum()
     assert np.isfinite(cut.values["train_loss"]).all()  # killed after the first round: a whole picture
-    from landscapes.plot import plot_2d
     title = plot_2d(cut, "contour")._suptitle.get_text()
     assert f"partial: {int(cut.done.sum())}/6 points at SE ≤ 1% (median " in title
     with store(tmp_path / "cut.h5") as s:
@@ -204,8 +208,6 @@ def test_killed_adaptive_scan_resumes_bit_for_bit(setup, tmp_path, monkeypatch):
 def test_first_round_gives_every_point_a_value_before_any_gets_a_second_chunk(setup, tmp_path, monkeypatch):
     cfg = SamplingConfig(precision=0.0, chunk=100)  # every point takes all 3 chunks
     x, y = _grid()
-    from landscapes.sampling import sampled_names
-    from landscapes.scan import value_names
     seen = []
     real = SurfaceStore.flush
 
@@ -269,7 +271,6 @@ def test_cli_scan_with_precision_stores_errors_and_resumes_at_a_tighter_precisio
     tight = read_surface(out)
     assert (tight.values["train_n"] >= loose.values["train_n"]).all()
     assert tight.values["train_n"].sum() > loose.values["train_n"].sum()
-    from landscapes.plot import main as plot_main
     plot_main([str(out), "--se", "--out", str(tmp_path / "png")])
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a_train_loss_contour.png",
                                                                    "a_train_loss_se_contour.png"]
@@ -285,7 +286,7 @@ def test_two_rank_gloo_adaptive_scan_equals_single_process(ckpt, tmp_path):
     args = ["-m", "landscapes.scan", "--model", "resnet8", "--checkpoint", str(ckpt), "--dataset", "synthetic",
             "--x", "-1:1:3", "--y", "-1:1:2", "--device", "cpu", "--no-progress", "--sample-chunk", "50",
             "--precision", "0.2", "--chunk-size", "2", "--workers", "1"]
-    env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.h5")], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -301,7 +302,6 @@ def test_two_rank_gloo_adaptive_scan_equals_single_process(ckpt, tmp_path):
 
 def test_surface_bench_prints_errors_and_ratio_last_and_records_only_when_asked(ckpt, tmp_path, capsys,
                                                                                 monkeypatch):
-    import importlib.util
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location("surface_bench", REPO / "bench" / "surface_bench.py")
     bench = importlib.util.module_from_spec(spec)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import models
 from landscapes.directions import load_directions
-from landscapes.evaluate import point_state
+from landscapes.reference import point_state
 from landscapes.interpolate import interpolate
 from landscapes.scan import ScanConfig, main, scan
 from landscapes.surface import SurfaceConflictError, read_surface

@@ -143,3 +143,21 @@ def test_bad_options_are_rejected_with_what_is_accepted():
         models.build("resnet20", drop_path=1.0)
     with pytest.raises(ValueError, match="noshort"):  # a plain net has no shortcut to keep
         models.build("resnet20_noshort", drop_path=0.2)
+
+
+def test_cpu_tier_times_the_variants_interleaved(tmp_path, monkeypatch):
+    """The cpu tier's timing path: per-depth rows with the paired step-time ratio and the fraction of
+    branches computed; no error claim is made there."""
+    from studies import stochastic_depth as study
+
+    assert study.paired_ratio([2.0, 3.0, 4.0], [2.0, 2.0, 2.0]) == pytest.approx((1.5, 0.5 / 3 ** 0.5))  # sd 0.5, n 3
+    monkeypatch.setattr(study, "TIMING_DEPTHS", (8,))
+    monkeypatch.setitem(study.TIMING, "steps", 2)
+    monkeypatch.setitem(study.TIMING, "warmup", 0)
+    monkeypatch.setitem(study.TIMING, "batch_size", 2)
+    monkeypatch.setitem(study.TIMING, "image_size", 8)
+    result = study.main(["--cpu", "--out", str(tmp_path)])
+    (row,) = result["timing"]
+    assert result["tier"] == "cpu" and row["depth"] == 8 and row["steps"] == 2
+    assert 0 <= row["branches_computed"] <= 1 and row["expected_branches_computed"] == pytest.approx(1 - study.expected_saving(8))
+    assert "not tested" in (tmp_path / "README.md").read_text()

@@ -13,7 +13,8 @@ from landscapes.surface import Surface, read_surface
 from models.data import load_device_data
 from models.train import evaluate
 from studies import batch_size_flatness, hessian_ratio, odenet_mnist, resnet_vs_noshort_landscape, trajectory
-from studies.common import load_trained, merge_surfaces, run_path
+from studies.cache import load_trained, run_path
+from studies.scans import merge_surfaces
 
 SMOKE_DATA = {"image_size": 8, "size": 96}  # studies.common.TRAINING_MODES["smoke"]
 
@@ -71,11 +72,14 @@ def test_slice_stats_on_known_surfaces():
 
 def test_resnet_vs_noshort_smoke(rvn):
     out, result = rvn
-    assert [n["label"] for n in result["nets"]] == ["ResNet-8", "ResNet-8-noshort"]
+    assert list(result["nets"]) == ["resnet8", "resnet8_noshort"]  # keyed by registry name
+    assert [n["label"] for n in result["nets"].values()] == ["ResNet-8", "ResNet-8-noshort"]
+    assert result["grid"] == [5, 5] and result["range"] == [-1, 1, -1, 1] and result["tier"] == "smoke"
+    assert all(n["test_error_pct"] == n["final_test_error"] for n in result["nets"].values())
     assert (out / "resnet8_vs_noshort_3d.html").stat().st_size > 1_000_000  # plotly.js embedded
     data = train_images(32)
     planes = []
-    for net in result["nets"]:
+    for net in result["nets"].values():
         s = read_surface(out / net["surface"])
         assert s.complete and s.values["train_loss"].shape == (5, 5)
         assert np.isfinite(s.values["train_loss"]).all() and (s.values["train_loss"] > 0).all()
@@ -137,11 +141,14 @@ def test_trajectory_smoke(tmp_path, runs):
     from landscapes.trajectory import read_projection
 
     out, result = smoke(trajectory, tmp_path, runs)
-    assert [(r["batch_size"], r["weight_decay"]) for r in result["runs"]] == [(16, 0.0), (96, 0.0), (16, 5e-4),
-                                                                               (96, 5e-4)]
+    runs = list(result["runs"].values())
+    assert [(r["batch_size"], r["weight_decay"]) for r in runs] == [(16, 0.0), (96, 0.0), (16, 5e-4), (96, 5e-4)]
     data = train_images(32)
-    for r in result["runs"]:
+    for tag, r in result["runs"].items():
         assert r["checkpoints"] == 4  # epoch_0 (the initialization) .. epoch_3
+        walk = result["random_walk_2pc"][tag]  # the null: as many checkpoints in as many dimensions
+        assert (walk["points"], walk["dim"]) == (4, r["random_walk_2pc"]["dim"]) and walk["dim"] > 1000
+        assert 0.8 < walk["mean"] < 1 and r["explained_variance_2pc"] == sum(r["explained_variance_ratio"])
         ev = r["explained_variance_ratio"]
         assert all(0 <= v <= 1 for v in ev) and sum(ev) <= 1 + 1e-9 and ev[0] >= ev[1]
         assert 0 <= r["path_in_plane"] <= 1 + 1e-9
@@ -161,7 +168,7 @@ def test_trajectory_smoke(tmp_path, runs):
 def test_hessian_ratio_smoke(tmp_path, runs, rvn):
     out, result = smoke(hessian_ratio, tmp_path, runs)
     data = train_images(8)
-    for net, scanned in zip(result["nets"], rvn[1]["nets"]):
+    for net, scanned in zip(result["nets"], rvn[1]["nets"].values()):
         s = read_surface(out / net["surface"])
         mx, mn = s.values["max_eig"], s.values["min_eig"]
         assert s.complete and np.isfinite(mx).all() and (mx > 0).all() and (mx >= mn).all()

@@ -40,7 +40,11 @@ def check_run(net, epochs):
 def test_degradation_smoke(tmp_path, runs):
     result = smoke(degradation, tmp_path, runs)
     labels = [n["label"] for n in result["nets"]]
-    assert labels == ["plain-8", "plain-20", "ResNet-8", "ResNet-20"]
+    assert labels == ["ResNet-8", "ResNet-20", "plain-8", "plain-20"]  # one seed in smoke
+    assert result["tier"] == "smoke" and result["seeds"] == [0]
+    assert set(result["final_train_error_pct"]) == {"plain8", "plain20", "resnet8", "resnet20"}
+    assert result["final_train_error_pct"]["plain20"] == [result["nets"][3]["final_train_error"]]
+    assert result["test_samples"] == result["train_samples"] == 96  # synthetic size 96
     for net in result["nets"]:
         check_run(net, result["epochs"])
         assert net["model"].endswith("_noshort") != net["residual"]
@@ -148,7 +152,7 @@ def test_train_cached_reuses_a_finished_run_and_keys_what_matters(tmp_path):
     from dataclasses import replace
 
     from models.train import TrainConfig
-    from studies.common import run_key, train_cached
+    from studies.cache import run_key, train_cached
 
     config = TrainConfig(model="resnet8", dataset="synthetic", data_kwargs={"image_size": 8, "size": 32},
                          epochs=1, batch_size=16, device="cpu", progress=False)
@@ -163,7 +167,8 @@ def test_train_cached_reuses_a_finished_run_and_keys_what_matters(tmp_path):
 
 def test_full_modes_use_the_papers_settings():
     """Full mode is the same code with the papers' recipes (it cannot run here: no CIFAR-10, no GPU)."""
-    from studies.common import parse_args, training_recipe
+    from studies.common import parse_args
+    from studies.recipes import training_recipe
 
     args = parse_args("degradation", "", ["--device", "cpu"])
     he = training_recipe(args)  # He et al. 2016: 64k iterations of batch 128 = 164 epochs
@@ -174,3 +179,54 @@ def test_full_modes_use_the_papers_settings():
     assert stochastic_depth.VARIANTS["stochastic depth"] == {"drop_path": 0.5, "drop_mode": "batch"}
     assert degradation.DEPTHS["full"] == (20, 32, 44, 56) and shortcut_options.DEPTH["full"] == 32
     assert (110, True) in layer_responses.NETS["full"]
+
+
+def test_other_tiers_never_overwrite_the_committed_results(tmp_path):
+    """A --quick or --smoke try writes under runs/ by default, and refuses a folder holding the
+    committed (cpu) tier's results.json unless --overwrite is given."""
+    from studies.common import REPO, claim_out, default_out, parse_args, TierConflictError
+
+    assert default_out("degradation", "cpu") == REPO / "results" / "degradation"
+    assert default_out("degradation", "quick") == REPO / "runs" / "quick" / "degradation"
+    (tmp_path / "results.json").write_text(json.dumps({"tier": "cpu"}))
+    with pytest.raises(TierConflictError, match="--overwrite"):
+        claim_out(tmp_path, "quick", overwrite=False)
+    claim_out(tmp_path, "cpu", overwrite=False)  # the same tier refreshes its own results
+    claim_out(tmp_path, "quick", overwrite=True)
+    with pytest.raises(SystemExit) as exit_:
+        parse_args("degradation", "", ["--smoke", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+
+
+def test_run_key_ignores_fields_left_at_their_defaults():
+    """A field added to TrainConfig later (default = old behaviour) keeps every cached net's key."""
+    from dataclasses import field as dc_field, make_dataclass
+
+    from models.train import TrainConfig
+    from studies.cache import run_key
+
+    config = TrainConfig(model="resnet8", dataset="synthetic", epochs=1)
+    Grown = make_dataclass("Grown", [("new_option", int, dc_field(default=0))], bases=(TrainConfig,), frozen=True)
+    assert run_key(Grown(model="resnet8", dataset="synthetic", epochs=1)) == run_key(config)
+    assert run_key(Grown(model="resnet8", dataset="synthetic", epochs=1, new_option=1)) != run_key(config)
+
+
+def test_published_nets_are_restored_instead_of_retrained(tmp_path, monkeypatch):
+    """A committed results/<study>/nets/<run_key>.pt makes a fresh clone's run cache complete: same
+    weights and history, no optimizer state in the committed file."""
+    from models.train import TrainConfig
+    from studies import cache
+
+    config = TrainConfig(model="resnet8", dataset="synthetic", data_kwargs={"image_size": 8, "size": 32},
+                         epochs=1, batch_size=16, device="cpu", progress=False)
+    history, run = cache.train_cached(config, tmp_path / "runs")
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(cache, "REPO", repo)
+    published = cache.publish_net(run, repo / "results" / "some_study")
+    assert published.name == f"{run.name}.pt" and models.read_checkpoint(published)["extra"] == {}
+    monkeypatch.setattr(cache, "train", lambda *_: pytest.fail("retrained a published net"))
+    again, run2 = cache.train_cached(config, tmp_path / "fresh_runs")
+    assert again == history
+    for a, b in zip(models.read_checkpoint(run / "final.pt")["state_dict"].values(),
+                    models.read_checkpoint(run2 / "final.pt")["state_dict"].values()):
+        assert torch.equal(a, b)

@@ -3,16 +3,19 @@ output files and refusal to mix runs. Tiny ResNet-8 on 8x8 synthetic data, CPU."
 
 import csv
 import json
+import os
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
 import models
 import models.train as train_mod
-from models.data import DATASETS
-from models.train import RunConflictError, TrainConfig, lr_at, main, train, warmup_enabled
+from models.checkpoint import normalization_of
+from models.data import DATASETS, DataNotFoundError
+from models.locking import LockHeldError, file_lock
+from models.train import LOCK_FILE, RunConflictError, TrainConfig, lr_at, main, train, warmup_enabled
 
 # Synthetic data with the CIFAR augmentation switched on, so resume also covers the
 # generator draws made by augment_batch.
@@ -130,6 +133,7 @@ def test_run_directory_contents(reference):
     ck = models.read_checkpoint(out / "epoch_2.pt")
     assert ck["meta"]["epoch"] == 2 and ck["meta"]["history"] == history and ck["meta"]["metrics"] == history[-1]
     assert ck["meta"]["config"]["model"] == "resnet8" and ck["meta"]["dataset"] == "synthetic"
+    assert ck["meta"]["normalization"] == "torchvision" == normalization_of(ck["meta"])
     assert {"optimizer", "generator", "rng", "warmup_error"} <= set(ck["extra"])
     model, meta = models.load_checkpoint(out / "final.pt")
     assert model.spec.name == "resnet8" and meta["epoch"] == 2
@@ -147,7 +151,7 @@ def test_conflicting_run_is_refused_unless_forced(reference, tmp_path):
         train(tiny(out, lr=0.05))
     with pytest.raises(RunConflictError, match="model"):
         train(tiny(out, model="resnet8_noshort"))
-    with pytest.raises(RunConflictError, match="more than"):
+    with pytest.raises(RunConflictError, match="epochs: 2 there vs 1 now"):
         train(tiny(out, epochs=1))
     shutil.copytree(out, tmp_path / "copy")
     history = train(tiny(tmp_path / "copy", lr=0.05, epochs=1, force=True))
@@ -162,3 +166,126 @@ def test_cli(tmp_path, capsys):
           "--test-samples", "32", "--epochs", "1", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "ok")])
     assert "test accuracy" in capsys.readouterr().out
     assert json.loads((tmp_path / "ok" / "metrics.json").read_text())[0]["epoch"] == 1
+
+
+def test_train_eval_samples_measure_the_final_weights_in_eval_mode(tmp_path):
+    """The tier's training error: eval mode on the first N training images, after each epoch."""
+    from models.data import load_device_data
+    from models.train import evaluate
+
+    history = train(tiny(tmp_path, train_eval_samples=48))
+    model, _ = models.load_checkpoint(tmp_path / "final.pt")
+    first = load_device_data("synthetic", "unused", "train", 48, "cpu", image_size=8, size=128)
+    loss, error = evaluate(model, first)
+    assert history[-1]["train_loss_eval"] == pytest.approx(loss, rel=1e-5)
+    assert history[-1]["train_error_eval"] == pytest.approx(error)
+    assert "train_error_eval" not in train(tiny(tmp_path / "plain"))[-1]  # off by default
+
+
+def _stamps(out):
+    """(name, inode, mtime) of every run file: any rewrite or deletion changes it."""
+    return sorted((p.name, p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir() if p.name != LOCK_FILE)
+
+
+def test_force_checks_everything_before_deleting_and_keeps_an_identical_run(reference, tmp_path, augmented):
+    """Before: --force deleted every epoch file first, so a typo left an empty directory."""
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    before = _stamps(out)
+    assert len(before) == 6  # epoch_0..2, final, metrics.json, metrics.csv
+    with pytest.raises(ValueError, match="bad options"):
+        train(tiny(out, model_kwargs={"bogus": 1}, force=True))
+    with pytest.raises(DataNotFoundError):
+        train(tiny(out, dataset="mnist", data_kwargs={}, data_root=str(tmp_path / "nonexistent"), force=True))
+    assert _stamps(out) == before
+    # The same configuration with --force has nothing to overwrite: it resumes (here: is done).
+    assert train(tiny(out, force=True)) == reference[1]
+    assert _stamps(out) == before
+
+
+def test_more_epochs_is_another_run_not_a_resume(reference, tmp_path, augmented):
+    """Before: --epochs 4 on a 2-epoch run trained epochs 3-4 at 0.001, while a fresh 4-epoch
+    run uses 0.1, 0.1, 0.01, 0.001, and final.pt claimed the standard schedule."""
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    with pytest.raises(RunConflictError, match=r"epochs: 2 there vs 4 now.*another schedule"):
+        train(tiny(out, epochs=4))
+    assert not (out / "epoch_3.pt").exists()
+    # A checkpoint written before a field existed still matches a config using its default.
+    old = {k: v for k, v in asdict(tiny(out)).items() if k != "normalization"}
+    assert train_mod._identity(old) == train_mod._identity(tiny(out))
+
+
+def test_two_runs_into_one_directory_never_both_run(tmp_path, monkeypatch, capsys):
+    """Before: two runs into one --out both ran and mixed their files."""
+    evaluate, seen = train_mod.evaluate, []
+
+    def second_run_meanwhile(*args, **kwargs):
+        if not seen:  # while the first run is in its first epoch
+            with pytest.raises(LockHeldError) as err:
+                train(tiny(tmp_path, lr=0.05, epochs=1))
+            seen.append(str(err.value))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", second_run_meanwhile)
+    history = train(tiny(tmp_path))
+    assert len(history) == 2 and f"another training run is running here: {tmp_path / LOCK_FILE} is locked " \
+        f"by process {os.getpid()}" in seen[0]
+    assert models.read_checkpoint(tmp_path / "final.pt")["meta"]["config"]["lr"] == 0.1
+    assert (tmp_path / LOCK_FILE).exists()  # kept: deleting a lock file races
+    with file_lock(tmp_path / LOCK_FILE), pytest.raises(SystemExit) as exit_:
+        main(["--model", "resnet8", "--dataset", "synthetic", "--data-kw", "image_size=8", "--out", str(tmp_path)])
+    assert str(exit_.value.code).startswith("error: another training run is running here")
+
+
+def test_normalization_is_a_checked_config_field():
+    assert TrainConfig("resnet8", normalization="loss-landscape").normalization == "loss-landscape"
+    with pytest.raises(ValueError, match="only for cifar10"):
+        TrainConfig("resnet8", dataset="synthetic", normalization="loss-landscape")
+
+
+def test_data_root_defaults_to_the_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNET_TOOLKIT_DATA", str(tmp_path / "shared"))
+    assert TrainConfig("resnet8").data_root == str(tmp_path / "shared")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", "resnet8", "--dataset", "mnist", "--out", str(tmp_path / "run")])
+    msg = str(exit_.value.code)
+    assert os.path.join(str(tmp_path / "shared"), "MNIST", "raw") in msg
+    assert "--data-root" in msg and "$RESNET_TOOLKIT_DATA" in msg and "--download" in msg
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    evaluate, calls = train_mod.evaluate, []
+
+    def interrupt_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", interrupt_in_second_epoch)
+    argv = ["--model", "resnet8", "--dataset", "synthetic", "--data-kw", "image_size=8", "--data-kw", "size=64",
+            "--test-samples", "32", "--epochs", "2", "--batch-size", "64", "--no-progress", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"interrupted: {tmp_path / 'epoch_1.pt'} (epoch 1) is kept; run the same command again to resume from there"
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    main(argv)
+    assert "after 2 epochs" in capsys.readouterr().out
+
+
+def test_unwritable_run_directory_is_one_clear_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    argv = ["--model", "resnet8", "--dataset", "synthetic", "--data-kw", "image_size=8", "--data-kw", "size=32",
+            "--epochs", "1", "--no-progress"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(tmp_path / "a_file" / "run")])
+    assert str(exit_.value.code).startswith(f"error: cannot write the run directory {tmp_path / 'a_file' / 'run'}: ")
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(tmp_path / "ro")])
+    assert "Permission denied; choose a writable --out" in str(exit_.value.code)

@@ -169,3 +169,25 @@ def test_errors_say_what_is_wrong(tmp_path, capsys):
         PCAConfig(ignore="bn")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_projection(tmp_path / "missing.h5")
+
+
+def test_random_walk_null_matches_a_direct_simulation_and_the_known_limit():
+    """The Wishart shortcut draws no dim-sized vector but must agree with walking in dim dimensions;
+    for many steps in high dimension two components hold ~6/pi^2 (1 + 1/4) = 76% (Antognini &
+    Sohl-Dickstein 2018), the figure the trajectory study's PC1+PC2 shares are compared with."""
+    from landscapes.trajectory import random_walk_variance
+
+    mean, sd = random_walk_variance(10, 300, repeats=400, seed=0)
+    rng = np.random.default_rng(1)
+    shares = []
+    for _ in range(400):
+        walk = np.vstack([np.zeros(300), np.cumsum(rng.standard_normal((9, 300)), axis=0)])
+        walk -= walk.mean(axis=0)
+        s2 = np.sort(np.linalg.svd(walk, compute_uv=False) ** 2)[::-1]
+        shares.append(s2[:2].sum() / s2.sum())
+    assert mean == pytest.approx(np.mean(shares), abs=3 * sd / np.sqrt(400) * 2)
+    assert sd == pytest.approx(np.std(shares), rel=0.2)
+    limit, _ = random_walk_variance(200, 10**6, repeats=5)
+    assert limit == pytest.approx(6 / np.pi ** 2 * (1 + 1 / 4), abs=0.01)
+    with pytest.raises(ValueError, match="points"):
+        random_walk_variance(2, 100)

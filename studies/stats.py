@@ -1,0 +1,43 @@
+"""How the studies report numbers: mean ± sd over seeds, binomial standard errors of test errors,
+and the ordering claims that those numbers can carry. One place, so that every README states its
+spread the same way."""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+
+def binomial_se_pct(error_pct: float, n: int) -> float:
+    """Standard error (percentage points) of an error rate measured on ``n`` independent images."""
+    p = error_pct / 100.0
+    return 100.0 * math.sqrt(max(p * (1.0 - p), 0.0) / n)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation); the sd of a single value is NaN (no spread measured)."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def fmt_mean_sd(values: Sequence[float], digits: int = 2, unit: str = "") -> str:
+    """"1.23 ± 0.05% (n=3)", or "1.23% (n=1)" where no spread was measured."""
+    m, sd = mean_sd(values)
+    spread = "" if math.isnan(sd) else f" ± {sd:.{digits}f}"
+    return f"{m:.{digits}f}{spread}{unit} (n={len(values)})"
+
+
+def clearly_above(high: Sequence[float], low: Sequence[float]) -> bool:
+    """Whether every value of ``high`` exceeds every value of ``low`` and the gap of the means is
+    more than twice the larger seed sd: an order that the seed-to-seed spread cannot explain."""
+    (mh, sh), (ml, sl) = mean_sd(high), mean_sd(low)
+    spread = max((s for s in (sh, sl) if not math.isnan(s)), default=0.0)
+    return min(high) > max(low) and mh - ml > 2 * spread
+
+
+def final_train_error(record: dict[str, Any]) -> float:
+    """The training error a study compares: eval mode on the fixed training subset when the run
+    measured it (the cpu tier), else the last epoch's running average in train mode."""
+    last = record["history"][-1]
+    return last.get("train_error_eval", last["train_error"])
