@@ -4,7 +4,9 @@ is small enough for the picture.
 
 - One seeded random order of the N images, the same at every point (common random numbers:
   neighbouring points share their sampling noise, so contours stay smooth). Images are taken in
-  chunks of that order; a point that has seen n images has seen exactly the first n.
+  chunks of that order; a point that has seen n images has seen exactly the first n. After the
+  first chunk, a point's next chunk runs to the size its current variance predicts (whole
+  chunks, at most doubling n: :func:`next_stop`), so points that need many images take few rounds.
 - Standard errors are those of sampling without replacement from the N images (finite-population
   correction): 0 once n = N, so the full evaluation is the limit of the adaptive one.
 - Precision-progressive: the first chunk is evaluated at every point before any point gets its
@@ -40,7 +42,7 @@ from models.data import DeviceData
 from .evalconfig import EvalConfig
 from .evaluate import Evaluator
 
-__all__ = ["SamplingConfig", "image_order", "ordered", "standard_error", "stopped", "sampled_names",
+__all__ = ["SamplingConfig", "image_order", "ordered", "standard_error", "stopped", "next_stop", "sampled_names",
            "compute_sampled", "precision_note", "se_hover", "sampling_summary", "SUMS"]
 
 # Per split: stored running sums (float64 datasets, exact for counts below 2**53).
@@ -133,6 +135,26 @@ def stopped(n: np.ndarray, total: np.ndarray, sumsq: np.ndarray, population: int
     return (n >= population) | ((n > 0) & enough)
 
 
+def next_stop(n: int, total: np.ndarray, sumsq: np.ndarray, population: int, config: SamplingConfig
+              ) -> np.ndarray:
+    """Where the next chunk of points that have seen ``n`` images ends: the first chunk; then
+    the sample size the stopping rule predicts from the current mean and variance
+    (n* = s^2 / (t^2 + s^2 / N) for target SE t), rounded up to whole chunks, at least one chunk
+    further and at most double n (an early variance estimate of skewed losses is rough). Points
+    needing many images thus take few rounds; it depends on a point's own sums only."""
+    if n == 0:
+        return np.full(np.shape(total), min(config.chunk, population), dtype=np.int64)
+    total, sumsq = np.asarray(total, dtype=np.float64), np.asarray(sumsq, dtype=np.float64)
+    mean = total / n
+    var = np.maximum(sumsq - total * mean, 0.0) / (n - 1)
+    target = np.maximum(config.precision * np.abs(mean), config.abs_precision)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(target > 0, var / (target ** 2 + var / population), population)
+    need = np.ceil(np.nan_to_num(need, nan=population) / config.chunk) * config.chunk
+    stop = np.maximum(n + config.chunk, np.minimum(need, 2 * n))
+    return np.minimum(stop, population).astype(np.int64)
+
+
 def sampled_names(splits: Sequence[str]) -> list[str]:
     """The datasets an adaptive surface holds per split beyond ``<split>_loss`` / ``_acc``."""
     return [f"{s}_{what}" for s in splits for what in SES + SUMS]
@@ -188,11 +210,17 @@ def compute_sampled(evaluators: Mapping[str, Evaluator], coords: torch.Tensor, s
             if not any(len(t) for t in todo.values()):
                 break
             first = min(int(store.values[f"{s}_n"][t].min()) for s, t in todo.items() if len(t))
-            groups = [(s, idx[i:i + chunk_size]) for s, t in todo.items()
-                      for idx in [t[store.values[f"{s}_n"][t] == first]] for i in range(0, len(idx), chunk_size)]
+            groups = []  # (split, stop, points): the points at n = first that go on to the same stop
+            for s, t in todo.items():
+                v = store.values
+                idx = t[v[f"{s}_n"][t] == first]
+                stops = next_stop(first, v[f"{s}_loss_sum"][idx], v[f"{s}_loss_sumsq"][idx], sizes[s], config)
+                for stop in np.unique(stops):
+                    same = idx[stops == stop]
+                    groups += [(s, int(stop), same[i:i + chunk_size]) for i in range(0, len(same), chunk_size)]
             for start in range(0, len(groups), world):
-                mine = groups[start + rank] if start + rank < len(groups) else (splits[0], np.arange(0))
-                part = _sums(evaluators, coords, *mine, first, config.chunk)
+                mine = groups[start + rank] if start + rank < len(groups) else (splits[0], first, np.arange(0))
+                part = _sums(evaluators, coords, mine[0], mine[2], first, mine[1])
                 gathered = [part]
                 if world > 1:
                     gathered = [None] * world
@@ -202,18 +230,17 @@ def compute_sampled(evaluators: Mapping[str, Evaluator], coords: torch.Tensor, s
                         bar.update(_record(store, s, index, sums, seconds, sizes[s], is_stopped, splits))
             store.attrs["image_evaluations"] = int(sum(store.values[f"{s}_n"].sum() for s in splits))
             store.attrs["image_evaluations_full"] = int(total)
-            store.flush()  # a whole round: every point one chunk further
+            store.flush()  # a whole round: every open point one chunk further
     finally:
         bar.close()
 
 
 def _sums(evaluators: Mapping[str, Evaluator], coords: torch.Tensor, split: str, index: np.ndarray, first: int,
-          chunk: int) -> tuple[str, np.ndarray, dict[str, np.ndarray], float]:
-    """One group's sums over images [first, first + chunk) of the shared order."""
+          stop: int) -> tuple[str, np.ndarray, dict[str, np.ndarray], float]:
+    """One group's sums over images [first, stop) of the shared order."""
     if not len(index):
         return split, index, {}, 0.0
     start = time.perf_counter()
-    stop = min(first + chunk, len(evaluators[split].data))
     loss, sq, correct = evaluators[split].sums(coords[torch.from_numpy(index)], slice(first, stop))
     sums = {"n": np.full(len(index), float(stop - first)), "loss_sum": loss.numpy(), "loss_sumsq": sq.numpy(),
             "correct": correct.double().numpy()}

@@ -21,8 +21,8 @@ from landscapes.evaluate import Evaluator
 from landscapes.plot import main as plot_main
 from landscapes.plot import plot_2d
 from landscapes.reference import point_state
-from landscapes.sampling import (SamplingConfig, image_order, ordered, precision_note, sampled_names, standard_error,
-                                 stopped)
+from landscapes.sampling import (SamplingConfig, image_order, next_stop, ordered, precision_note, sampled_names,
+                                 standard_error, stopped)
 from landscapes.scan import compute_surface, main, value_names
 from landscapes.surface import SurfaceStore, read_surface
 from models.data import DeviceData, make_synthetic
@@ -321,3 +321,15 @@ def test_surface_bench_prints_errors_and_ratio_last_and_records_only_when_asked(
     assert bench.main(args + ["--record"]) == 0
     header, _, row = results.read_text().strip().splitlines()
     assert header.count("|") == row.count("|") and "| 5x5 (3x3) |" in row
+
+
+def test_next_stop_first_chunk_then_predicted_size_in_whole_chunks_at_most_doubling():
+    cfg = SamplingConfig(precision=0.02, chunk=100)
+    assert next_stop(0, np.zeros(3), np.zeros(3), 1000, cfg).tolist() == [100, 100, 100]
+    n, mean = 200, 1.0
+    var = np.array([0.01, 0.2, 5.0])  # need n* = var / (0.02^2 + var / N): 24, 333, 926
+    total = np.full(3, mean * n)
+    sumsq = var * (n - 1) + total * mean
+    assert next_stop(n, total, sumsq, 1000, cfg).tolist() == [300, 400, 400]
+    assert next_stop(600, total * 3, var * 599 + total * 3 * mean, 1000, cfg).tolist() == [700, 700, 1000]
+    assert next_stop(n, total, sumsq, 1000, SamplingConfig(precision=0.0, chunk=100)).tolist() == [400] * 3
