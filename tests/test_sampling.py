@@ -22,7 +22,7 @@ from landscapes.plot import main as plot_main
 from landscapes.plot import plot_2d
 from landscapes.reference import point_state
 from landscapes.sampling import (SamplingConfig, image_order, next_stop, ordered, precision_note, sampled_names,
-                                 standard_error, stopped)
+                                 se_hover, standard_error, stopped)
 from landscapes.scan import compute_surface, main, value_names
 from landscapes.surface import SurfaceStore, read_surface
 from models.data import DeviceData, make_synthetic
@@ -116,13 +116,18 @@ def _adaptive(setup, config: SamplingConfig, store=None, engine="loop", workers=
 
 
 @pytest.mark.parametrize("engine", ["loop", "batched"])
-def test_adaptive_at_zero_tolerance_equals_the_full_evaluation(setup, engine, device):
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_adaptive_at_zero_tolerance_equals_the_full_evaluation(setup, engine, device, ndim):
     model, center, dirs, data = setup
     data = data.to(device)
     x, y = _grid()
+    if ndim == 1:
+        y, dirs = None, dirs[:1]
     full = compute_surface(model, dirs, x, y, {"train": data}, EvalConfig(engine=engine), center=center,
                            progress=False)
-    ad = _adaptive(setup, SamplingConfig(precision=0.0, chunk=64), engine=engine, device=device)
+    ad = compute_surface(model, dirs, x, y, {"train": data}, EvalConfig(engine=engine, workers=2), center=center,
+                         chunk_size=4, progress=False, sampling=SamplingConfig(precision=0.0, chunk=64))
+    assert ad.shape == full.shape == ((3,) if ndim == 1 else (2, 3))
     assert ad.complete and (ad.values["train_n"] == len(data)).all()
     np.testing.assert_allclose(ad.values["train_loss"], full.values["train_loss"], rtol=1e-6)
     np.testing.assert_array_equal(ad.values["train_acc"], full.values["train_acc"])
@@ -232,6 +237,10 @@ def test_precision_note_says_how_precise_a_partial_surface_is(setup, tmp_path):
     assert note.endswith("% of the full cost")
     full = _adaptive(setup, SamplingConfig(precision=0.1, chunk=50))
     assert precision_note(full).startswith("adaptive, SE ≤ 10% (median ")
+    hover = se_hover(full, "train_loss")["text"]
+    v, e, n = (full.values[k][1, 2] for k in ("train_loss", "train_loss_se", "train_n"))
+    assert hover[1][2] == f"{v:.4g} ± {e:.2g} (1 SE, {n:.0f} images)"
+    assert se_hover(full, "train_acc_se") == {}
 
 
 def test_unsupported_modes_fail_with_one_line(setup):
@@ -266,6 +275,10 @@ def test_cli_scan_with_precision_stores_errors_and_resumes_at_a_tighter_precisio
     main(args + ["--precision", "0.3"])
     loose = read_surface(out)
     assert loose.complete and {"train_loss_se", "train_acc_se", "train_n"} <= set(loose.values)
+    main(args + ["--precision", "0.3", "--split", "both", "--out", str(tmp_path / "both.h5")])
+    both = read_surface(tmp_path / "both.h5")
+    assert both.complete and {"test_loss_se", "test_n"} <= set(both.values)
+    np.testing.assert_array_equal(both.values["train_n"], loose.values["train_n"])  # splits sample independently
     assert "adaptive:" in capsys.readouterr().out
     main(args + ["--precision", "0.05"])  # continues from the stored sums
     tight = read_surface(out)
