@@ -32,7 +32,7 @@ step() { echo; echo "== $*"; "$@" || { echo "gpu_check: FAILED: $*"; status=1; }
 
 # 1. The engine's device-parametrized tests, CUDA variants only (-m cuda).
 if python -c "import pytest" 2>/dev/null; then
-  step python -m pytest -q -n 0 -p no:cacheprovider -m cuda tests/test_evaluate.py tests/test_sampling.py
+  step python -m pytest -q -p no:cacheprovider -m cuda tests/test_evaluate.py tests/test_sampling.py
 else
   echo "gpu_check: pytest is not installed here; skipping the tests"; status=1
 fi
