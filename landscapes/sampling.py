@@ -21,9 +21,10 @@ loss lies more than 3 SE above ``cap`` (a value the plot clips needs no digits),
 Defaults (precision 0.02, abs_precision 0, chunk 512): a 2% relative SE bounds the 99th-percentile
 relative error by about 2.6 SE ~ 5% (measured: 3.4% on a trained ResNet-8, MNIST, 9x9,
 N = 10,000: results/sampling/README.md), and at loss 2.5 an SE of 0.05 is a tenth of the paper's
-0.5 contour spacing; the low-loss basin, where per-image losses are most skewed (coefficients of variation up to ~6),
-takes up to all N images. ``cap`` is off by default (the bench's relative-error target counts
-clipped points too); 10, the plot's default top level, suits contour plots of the paper's kind.
+0.5 contour spacing; the low-loss basin, where per-image losses are most skewed (coefficients
+of variation up to ~6), takes up to all N images. ``cap`` is off by default (the bench's
+relative-error target counts clipped points too); 10, the plot's default top level, suits
+contour plots of the paper's kind.
 Whatever the chunking, a point's value is the mean over the first n images of the order, so it
 depends on its final n only.
 """
