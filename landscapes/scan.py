@@ -550,7 +550,7 @@ def scan(config: ScanConfig) -> ScanResult:
             store.attrs["chunk_size"] = int(chunk)
             store.begin_run(device=str(setup.device), world_size=world, batch_size=config.batch_size or 0,
                             engine=config.engine)
-        if rank == 0 and not todo_before:
+        if rank == 0 and not todo_before and config.sampling is None:  # adaptive: a new precision may reopen points
             print(f"{out}: all {store.done.size} points already computed; nothing to do", file=sys.stderr)
         surface = compute_surface(setup.model, directions, x, y, data, config.eval_config, center=center,
                                   store=store, chunk_size=chunk, progress=config.progress, sampling=config.sampling)
