@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
+from .sampling import precision_note, se_hover
 from .surface import Surface, read_surface
 from .trajectory import Projection, read_projection
 
@@ -228,7 +229,8 @@ def _title(surface: Surface, names: Sequence[str], config: PlotConfig) -> str:
                                                                        "reference" not in dirs else "")
     if "reference" in dirs:
         second += " · reference-project file"
-    return f"{first}\n{second}"
+    note = precision_note(surface)  # adaptive sample counts: at what precision (partial files too)
+    return f"{first}\n{second}" + (f"\n{note}" if note else "")
 
 
 def _pc_ratios(surface: Surface, trajectory: Projection | None) -> np.ndarray | None:
@@ -554,15 +556,17 @@ def write_html(surface: Surface, path: str | os.PathLike, config: PlotConfig = P
             clipped = np.where(shown > zmax, zmax, shown) if zmax is not None else shown
             colorscale = config.cmap.capitalize() if config.cmap in ("viridis", "magma", "plasma", "inferno",
                                                                       "cividis") else "Viridis"
+            hover = se_hover(surface, name)  # value ± SE where the surface has standard errors
             fig.add_trace(go.Surface(x=surface.x.tolist(), y=surface.y.tolist(), z=_json_ready(clipped),
-                                     colorscale=colorscale, cmin=lo, cmax=hi, showscale=False, name=_label(name)),
+                                     colorscale=colorscale, cmin=lo, cmax=hi, showscale=False, name=_label(name),
+                                     **hover),
                           row=r, col=1)
             step = (hi - lo) / max(len(levels) - 1, 1)
             fig.add_trace(go.Contour(x=surface.x.tolist(), y=surface.y.tolist(), z=_json_ready(shown),
                                      colorscale=colorscale, zmin=lo, zmax=hi, connectgaps=False,
                                      contours={"start": lo, "end": hi, "size": step, "showlabels": True},
                                      colorbar={"title": {"text": zlabel}, "len": 1.0 / rows,
-                                               "y": 1 - (r - 0.5) / rows}, name=_label(name)),
+                                               "y": 1 - (r - 0.5) / rows}, name=_label(name), **hover),
                           row=r, col=2)
             if trajectory is not None:
                 fig.add_trace(go.Scatter(x=trajectory.x.tolist(), y=trajectory.y.tolist(), mode="lines+markers",
@@ -739,6 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trajectory", metavar="PROJ.h5", help="training path to overlay (landscapes.trajectory)")
     p.add_argument("--title", help="replace the automatic title")
     p.add_argument("--no-min", dest="mark_min", action="store_false", help="do not mark the grid minimum")
+    p.add_argument("--se", action="store_true", help="also map the standard error of each drawn value (surfaces "
+                   "scanned with --precision)")
     p.add_argument("--list", action="store_true", help="print the file's values and attributes, draw nothing")
     return p
 
@@ -766,6 +772,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         kinds = (args.kind or []) + (["all"] if args.all else [])
         written = plot_surface_file(args.surface, config, kinds or None, html=args.html or False, vtp=args.vtp,
                                     out=args.out)
+        if args.se:  # the uncertainty map(s), one figure per value
+            s = read_surface(args.surface)
+            for v in config.values or (default_value(s),):
+                written += plot_surface_file(args.surface, replace(config, values=(f"{v}_se",), vmin=None, vmax=None,
+                                                                   vlevel=None, log=False), kinds or None,
+                                             html=False, out=None if args.out and Path(args.out).suffix else args.out)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
