@@ -285,7 +285,10 @@ class Evaluator:
         """Threads evaluating points concurrently: CPU loop engine only (see EvalConfig.workers)."""
         if self.engine != "loop" or self.device.type != "cpu" or self.config.compile is not None:
             return 1
-        return max(1, min(self.config.workers or torch.get_num_threads(), n_points))
+        threads = self.config.workers or torch.get_num_threads()
+        # Fewer points than threads: the points' image batches are shared out (work_units), except
+        # under recalibration, whose per-point preparation would be repeated for every share.
+        return max(1, min(threads, n_points) if self.config.bn_mode == "recalibrate" else threads)
 
     # -- per-point math (pure, vmappable) -------------------------------------------------------------
 

@@ -131,6 +131,18 @@ def test_parallel_cpu_workers_match_naive(bn_mode):
     assert_close(loss, acc, *evaluate_naive(model, center, dirs, COORDS_2D, data, config))
 
 
+def test_a_single_point_is_split_over_the_cpu_workers():
+    """One point (the centre, or the last open point of an adaptive round) runs its image batches
+    on every worker thread, not on one thread with intra-op threads (which stall on a loaded
+    machine); the result is the per-point one."""
+    model = trained_like(models.build("resnet8"))
+    center, dirs, data = model.state_dict(), directions(model, 2), tiny_data(12)
+    config = EvalConfig(engine="loop", workers=2, batch_size=3)
+    loss, acc, info = evaluate_points(model, center, dirs, COORDS_2D[1:2], data, config, return_info=True)
+    assert info.workers == 2
+    assert_close(loss, acc, *evaluate_naive(model, center, dirs, COORDS_2D[1:2], data, config))
+
+
 @pytest.mark.parametrize("points, workers, batches", [(5, 2, 16), (4, 3, 3), (6, 2, 5), (1, 4, 2), (7, 3, 1)])
 def test_work_units_cover_each_batch_once_and_balance_the_tail(points, workers, batches):
     from landscapes.workunits import work_units
