@@ -1,8 +1,8 @@
 """Landscape-scan throughput: the reference code's per-point loop against our engine, in one process.
 
 Same model, grid, data and device for both; prints image-evaluations per second of each, their
-largest disagreement, and as the last line ``ratio: X`` (ours / naive). Appends a row to
-bench/RESULTS.md naming the machine. Example:
+largest disagreement, and as the last line ``ratio: X`` (ours / naive). With ``--record`` it appends
+a row to bench/RESULTS.md naming the machine (a plain run changes no file). Example:
     python bench/scan_bench.py --model resnet20 --grid 5 --samples 2000 --device cpu
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ class BenchConfig:
     threads: int | None = None       # torch CPU threads for both loops (None: torch's default)
     seed: int = 0
     eval: EvalConfig = EvalConfig()
-    results: str | None = str(RESULTS)  # None: do not append
+    results: str | None = None  # markdown file to append a row to (None: print only)
 
     def __post_init__(self) -> None:
         if min(self.grid, self.samples, self.naive_batch, self.slice_points) < 1:
@@ -280,8 +280,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--no-fold", action="store_true", help="keep BN layers unfolded")
     p.add_argument("--no-fuse", action="store_true", help="CPU: keep conv, add and ReLU as separate ops")
     p.add_argument("--compile", default=None, choices=COMPILE_MODES, help="torch.compile the forward")
-    p.add_argument("--results", default=str(RESULTS), help="markdown file to append to")
-    p.add_argument("--no-append", action="store_true", help="print only")
+    p.add_argument("--record", action="store_true", help="append a row to --results (default: print only)")
+    p.add_argument("--results", default=str(RESULTS), help="markdown file --record appends to")
     a = p.parse_args(argv)
     name = models.resolve_name(a.model, a.noshort)
     ev = EvalConfig(batch_size=a.batch_size, points_per_pass=a.points_per_pass, engine=a.engine, dtype=a.dtype,
@@ -290,18 +290,27 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     return BenchConfig(model=name, dataset=a.dataset, data_root=a.data_root, grid=a.grid, samples=a.samples,
                        device=a.device, checkpoint=a.checkpoint, naive_points=a.naive_points, seed=a.seed, eval=ev,
                        slice_points=a.slice_points, threads=a.threads,
-                       results=None if a.no_append else a.results)
+                       results=a.results if a.record else None)
+
+
+def run_from_args(parse, run, argv: list[str] | None):
+    """(config, result) of a bench run from its command line (``parse``: argv -> config with a
+    ``threads`` field; ``run``: config -> result), or None after printing a usage error."""
+    try:
+        config = parse(argv)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        return config, run(config)
+    except (ValueError, FileNotFoundError, DataNotFoundError, models.CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
-        result = run_bench(config)
-    except (ValueError, FileNotFoundError, DataNotFoundError, models.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    done = run_from_args(parse_args, run_bench, argv)
+    if done is None:
         return 2
+    config, result = done
     i = result.info
     print(f"machine: {machine_name(torch.device(config.device))}; torch {torch.__version__}")
     print(f"work: {config.model} on {config.samples} {config.dataset} images, {config.grid}x{config.grid} grid, "

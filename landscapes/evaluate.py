@@ -36,7 +36,7 @@ from .inputs import check_coords, check_data, check_state, select_calibration_da
 from .pointbn import PointBatchNorm, swap_batchnorm
 from .precision import precision
 from .reference import bn_layers, evaluate_naive
-from .sizing import activation_bytes, choose_pass_size, memory_budget
+from .sizing import activation_bytes, balanced, choose_pass_size, memory_budget
 from .workunits import work_units
 
 # The public surface; the option names (ENGINES, ...) live in landscapes.evalconfig.
@@ -285,7 +285,10 @@ class Evaluator:
         """Threads evaluating points concurrently: CPU loop engine only (see EvalConfig.workers)."""
         if self.engine != "loop" or self.device.type != "cpu" or self.config.compile is not None:
             return 1
-        return max(1, min(self.config.workers or torch.get_num_threads(), n_points))
+        threads = self.config.workers or torch.get_num_threads()
+        # Fewer points than threads: the points' image batches are shared out (work_units), except
+        # under recalibration, whose per-point preparation would be repeated for every share.
+        return max(1, min(threads, n_points) if self.config.bn_mode == "recalibrate" else threads)
 
     # -- per-point math (pure, vmappable) -------------------------------------------------------------
 
@@ -385,9 +388,11 @@ class Evaluator:
                                        calibration_data=self._calib)
         elif self.workers(coords.shape[0]) > 1:
             workers = self.workers(coords.shape[0])
-            loss, acc = self._run_parallel(coords, b, dtype, workers)
+            loss, _, correct = self._run_parallel(coords, b, dtype, workers)
+            loss, acc = loss / len(self.data), 100.0 * correct.double() / len(self.data)
         else:
-            loss, acc, k_pass, b = self._run(coords, k_pass, b, dtype)
+            loss, _, correct, k_pass, b = self._run(coords, k_pass, b, dtype)
+            loss, acc = loss / len(self.data), 100.0 * correct.double() / len(self.data)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         info = EvalInfo(self.engine, str(self.device), dtype, self.config.bn_mode, coords.shape[0], len(self.data),
@@ -395,13 +400,31 @@ class Evaluator:
                         list(self.notices), workers=workers, fused=self.fused)
         return loss, acc, info
 
-    def _run(self, coords: torch.Tensor, k_pass: int, b: int, dtype: str
-             ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """Loss, accuracy and the (points, images) per forward finally used: on running out of
-        memory the chunk is retried with half the points, then half the images (never below the
-        BN-statistics batch in bn_mode "batch"), and later calls start from the smaller size."""
-        n_points, n = coords.shape[0], len(self.data)
+    @torch.no_grad()
+    def sums(self, coords: torch.Tensor | Sequence, images: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per point over the images ``images`` (a range of the data): summed cross-entropy, summed
+        squared cross-entropy (float64) and correct count (int64), CPU tensors of shape (K,). The
+        per-image statistics behind standard errors and adaptive sampling (landscapes.sampling),
+        from the same forwards as the loss."""
+        coords = check_coords(coords, self.n_dirs)
+        if self.engine == "naive":
+            raise ValueError("per-image sums need the engine (batched or loop), not the naive reference")
+        start, stop, _ = images.indices(len(self.data))
+        k_pass, b = self.pass_size(coords.shape[0])
+        b = balanced(max(stop - start, 1), min(b, max(stop - start, 1)))
+        if self.workers(coords.shape[0]) > 1:
+            return self._run_parallel(coords, b, self.config.dtype, self.workers(coords.shape[0]), images)
+        return self._run(coords, k_pass, b, self.config.dtype, images)[:3]
+
+    def _run(self, coords: torch.Tensor, k_pass: int, b: int, dtype: str, images: slice = slice(None)
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+        """Summed loss, summed squared loss and correct count over ``images``, and the (points,
+        images) per forward finally used: on running out of memory the chunk is retried with half
+        the points, then half the images (never below the BN-statistics batch in bn_mode "batch"),
+        and later calls start from the smaller size."""
+        n_points = coords.shape[0]
         loss = torch.zeros(n_points, dtype=torch.float64, device=self.device)
+        sq = torch.zeros(n_points, dtype=torch.float64, device=self.device)
         correct = torch.zeros(n_points, dtype=torch.int64, device=self.device)
         batched = self.engine == "batched"
         if not batched:
@@ -414,7 +437,7 @@ class Evaluator:
                 while first < n_points:
                     c = coords[first:first + k_pass]
                     try:
-                        chunk_loss, chunk_correct = self._chunk(self.nets, c, k_pass, b, batched)
+                        chunk_loss, chunk_sq, chunk_correct = self._chunk(self.nets, c, k_pass, b, batched, images)
                     except torch.OutOfMemoryError:
                         if self.device.type == "cuda":
                             torch.cuda.empty_cache()
@@ -428,15 +451,16 @@ class Evaluator:
                         self._sizes = {key: (min(k, k_pass), min(bb, b)) for key, (k, bb) in self._sizes.items()}
                         continue
                     loss[first:first + len(c)] = chunk_loss
+                    sq[first:first + len(c)] = chunk_sq
                     correct[first:first + len(c)] = chunk_correct
                     first += len(c)
                     bar.update(len(c))
         finally:
             bar.close()
-        return (loss / n).cpu(), (100.0 * correct.double() / n).cpu(), k_pass, b
+        return loss.cpu(), sq.cpu(), correct.cpu(), k_pass, b
 
-    def _run_parallel(self, coords: torch.Tensor, b: int, dtype: str, workers: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_parallel(self, coords: torch.Tensor, b: int, dtype: str, workers: int, images: slice = slice(None)
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """CPU: ``workers`` threads with one intra-op thread each, taking work units (a point, or a
         run of its image batches: :func:`landscapes.workunits.work_units`) in turn.
 
@@ -445,7 +469,9 @@ class Evaluator:
         suffer most on a shared machine; independent points need no synchronisation. Each thread
         gets its own module replica, since functional_call swaps a module's tensors while it runs.
         """
-        n_points, n = coords.shape[0], len(self.data)
+        n_points = coords.shape[0]
+        lo, hi, _ = images.indices(len(self.data))
+        n = hi - lo
         while len(self._replicas) < workers:
             self._replicas.append(self.nets.replica())
         free: queue.SimpleQueue[_Nets] = queue.SimpleQueue()
@@ -454,12 +480,13 @@ class Evaluator:
         n_batches = -(-n // b)
         units = work_units(n_points, workers, n_batches, split_tail=self.config.bn_mode != "recalibrate")
 
-        def run(unit: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        def run(unit: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             i, first, stop = unit
             nets = free.get()
             try:
                 with torch.no_grad(), precision(dtype, self.device):  # both are thread-local
-                    return self._chunk(nets, coords[i:i + 1], 1, b, False, images=slice(first * b, stop * b))
+                    return self._chunk(nets, coords[i:i + 1], 1, b, False,
+                                       images=slice(lo + first * b, min(lo + stop * b, hi)))
             finally:
                 free.put(nets)
 
@@ -468,6 +495,7 @@ class Evaluator:
         bar = tqdm(total=n_points, unit="pt", desc="evaluate", disable=None if self.config.progress else True,
                    leave=False)
         loss = torch.zeros(n_points, dtype=torch.float64)
+        sq = torch.zeros(n_points, dtype=torch.float64)
         correct = torch.zeros(n_points, dtype=torch.int64)
         try:
             with ThreadPoolExecutor(workers) as pool:
@@ -477,18 +505,19 @@ class Evaluator:
                     _, first, stop = futures[future]
                     bar.update((stop - first) / n_batches)
             for future, (i, _, _) in futures.items():  # summed in unit order: the same result every run
-                part_loss, part_correct = future.result()
+                part_loss, part_sq, part_correct = future.result()
                 loss[i] += part_loss.cpu()[0]
+                sq[i] += part_sq.cpu()[0]
                 correct[i] += part_correct.cpu()[0]
         finally:
             torch.set_num_threads(threads)
             bar.close()
-        return loss / n, 100.0 * correct.double() / n
+        return loss, sq, correct
 
     def _chunk(self, nets: _Nets, c: torch.Tensor, k_pass: int, b: int, batched: bool, images: slice = slice(None)
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed cross-entropy (float64) and correct counts of the points ``c`` over the data
-        (``images``: a range of it, starting at a multiple of ``b``)."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy, summed squared cross-entropy (float64) and correct counts of the
+        points ``c`` over the data (``images``: a range of it)."""
         k = c.shape[0]
         static = self.config.compile is not None  # fixed shapes (CUDA graphs): pad chunk and batch
         if static and batched and k < k_pass:
@@ -496,6 +525,7 @@ class Evaluator:
         fwd = self._forward_fn(nets, batched)
         params = self._prepared(nets, c, batched)
         loss = torch.zeros(k, dtype=torch.float64, device=self.device)
+        sq = torch.zeros(k, dtype=torch.float64, device=self.device)
         correct = torch.zeros(k, dtype=torch.int64, device=self.device)
         for x, y in _batches(self._x[images], self.data.y[images], b):
             valid = x.shape[0]
@@ -504,9 +534,11 @@ class Evaluator:
             out = fwd(params, x)[:k, :valid]
             out = out.to(torch.promote_types(out.dtype, torch.float32))  # bf16 up; float64 stays
             ce = F.cross_entropy(out.flatten(0, 1), y.repeat(k), reduction="none")
-            loss += ce.view(k, valid).sum(1, dtype=torch.float64)
+            ce = ce.view(k, valid).double()
+            loss += ce.sum(1)
+            sq += ce.square().sum(1)
             correct += (out.argmax(-1) == y).sum(1)
-        return loss, correct
+        return loss, sq, correct
 
     def _forward_fn(self, nets: _Nets, batched: bool) -> Callable:
         """The (vmapped) forward, compiled once per Evaluator when config.compile is set."""

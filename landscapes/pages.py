@@ -107,9 +107,21 @@ def _colour_values(Z: np.ndarray, st: dict, cap: float | None, log: bool) -> tup
     return shown, colour
 
 
-def _hover_text(Z: np.ndarray, cap: float | None) -> list:
-    return [[("" if not math.isfinite(v) else (f"{_g4(v)} (> cap {cap:g})" if cap is not None and v > cap
-                                                 else _g4(v))) for v in row] for row in Z]
+def _se_suffix(surface: Surface, name: str) -> list | None:
+    """" ± SE (1 SE, n images)" per point where the surface stores the value's standard error
+    (adaptive scans), else None."""
+    se = surface.values.get(f"{name}_se")
+    if se is None:
+        return None
+    n = surface.values.get(f"{name.rpartition('_')[0]}_n", np.full(np.shape(se), np.nan))
+    return [[f" ± {e:.2g} (1 SE, {k:.0f} images)" if math.isfinite(e) else "" for e, k in zip(er, kr)]
+            for er, kr in zip(np.asarray(se, float), np.asarray(n, float))]
+
+
+def _hover_text(Z: np.ndarray, cap: float | None, suffix: list | None = None) -> list:
+    return [[("" if not math.isfinite(v) else (f"{_g4(v)}{suffix[i][j] if suffix else ''}"
+                                                 + (f" (> cap {cap:g})" if cap is not None and v > cap else "")))
+             for j, v in enumerate(row)] for i, row in enumerate(Z)]
 
 
 def write_comparison(surfaces: Sequence[Surface], path: str | os.PathLike, config: PlotConfig = PlotConfig(),
@@ -179,11 +191,13 @@ def _write_panels(panels, path, config: PlotConfig, trajectory: Projection | Non
     fig = make_subplots(rows=2, cols=n, specs=[[{"type": "surface"}] * n, [{"type": "xy"}] * n],
                         subplot_titles=[lab for _, _, lab in panels] + [f"{lab}: contours" for _, _, lab in panels],
                         row_heights=[0.56, 0.44], vertical_spacing=0.09, horizontal_spacing=0.06)
-    raw = []
+    raw, suffixes = [], []
     over_total = 0
     for c, ((surface, name, label), (X, Y, Z)) in enumerate(zip(panels, grids), start=1):
         shown, colour = _colour_values(Z, st, scale.cap, scale.log)
-        text = _hover_text(Z, scale.cap)
+        suffix = _se_suffix(surface, name)
+        text = _hover_text(Z, scale.cap, suffix)
+        suffixes.append(suffix)
         over_total += int((np.isfinite(Z) & (Z > scale.cap)).sum()) if scale.cap is not None else 0
         raw.append(_json_ready(Z))
         hover = (f"<b>{label}</b><br>α %{{x:.4g}}<br>β %{{y:.4g}}<br>{vname} %{{text}}<extra></extra>")
@@ -253,7 +267,7 @@ def _write_panels(panels, path, config: PlotConfig, trajectory: Projection | Non
                       margin={"t": 150, "l": 60, "r": 40, "b": 70},
                       legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.06, "yanchor": "top"},
                       hoverlabel={"font": {"size": 12}})
-    script = _SCRIPT.replace("__STATES__", json.dumps(states)).replace("__RAW__", json.dumps(raw)) \
+    script = _SCRIPT.replace("__STATES__", json.dumps(states)).replace("__RAW__", json.dumps(raw)).replace("__SE__", json.dumps(suffixes)) \
         .replace("__NOTE__", json.dumps(int(np.isfinite(allz).sum()))).replace("__KEY__", json.dumps(key0))
     return _save(fig, path, self_contained, script)
 
@@ -336,7 +350,7 @@ def _write_1d(surface: Surface, path, config: PlotConfig, title: str, self_conta
 _SCRIPT = r"""
 (function () {
   var gd = document.getElementById('{plot_id}');
-  var STATES = __STATES__, RAW = __RAW__, TOTAL = __NOTE__;
+  var STATES = __STATES__, RAW = __RAW__, SE = __SE__, TOTAL = __NOTE__;
   var cur = __KEY__;
   var mode = cur.split('|')[0], cap = cur.split('|')[1];
   function g4(v) { return String(parseFloat(v.toPrecision(4))); }
@@ -350,15 +364,16 @@ _SCRIPT = r"""
         Plotly.restyle(gd, {z: [[st.log ? Math.log10(b) : b]]}, [i]);
       }
       if (!tr.meta || (tr.meta.role !== 'surface' && tr.meta.role !== 'contour')) { return; }
-      var R = RAW[tr.meta.panel];
+      var R = RAW[tr.meta.panel], E = SE[tr.meta.panel];
       var h = [], col = [], txt = [];
-      R.forEach(function (row) {
+      R.forEach(function (row, ri) {
         var hr = [], cr = [], tr_ = [];
-        row.forEach(function (v) {
-          if (v === null || (st.log && v <= 0)) { hr.push(null); cr.push(null); tr_.push(v === null ? '' : g4(v)); return; }
+        row.forEach(function (v, ci) {
+          var se = E ? E[ri][ci] : '';
+          if (v === null || (st.log && v <= 0)) { hr.push(null); cr.push(null); tr_.push(v === null ? '' : g4(v) + se); return; }
           var above = c !== null && v > c, s = above ? c : v, z = st.log ? Math.log10(s) : s;
           if (above && tr.meta.role === 'contour') { over += 1; }
-          hr.push(z); cr.push(above ? st.over : z); tr_.push(above ? g4(v) + ' (> cap ' + c + ')' : g4(v));
+          hr.push(z); cr.push(above ? st.over : z); tr_.push(g4(v) + se + (above ? ' (> cap ' + c + ')' : ''));
         });
         h.push(hr); col.push(cr); txt.push(tr_);
       });

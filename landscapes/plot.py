@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -195,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trajectory", metavar="PROJ.h5", help="training path to overlay (landscapes.trajectory)")
     p.add_argument("--title", help="replace the automatic title")
     p.add_argument("--no-min", dest="mark_min", action="store_false", help="do not mark the grid minimum")
+    p.add_argument("--se", action="store_true", help="also map the standard error of each drawn value (surfaces "
+                   "scanned with --precision)")
     p.add_argument("--list", action="store_true", help="print the file's values and attributes, draw nothing")
     return p
 
@@ -233,6 +236,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             written = plot_surface_file(args.surface[0], config, kinds or None, html=args.html or False,
                                         vtp=args.vtp, out=args.out, self_contained=args.self_contained)
+            if args.se:  # the uncertainty map(s), one figure per value
+                s = read_surface(args.surface[0])
+                for v in config.values or (default_value(s),):
+                    written += plot_surface_file(args.surface[0], replace(config, values=(f"{v}_se",), vmin=None,
+                                                                          vmax=None, vlevel=None, log=False),
+                                                 kinds or None, html=False,
+                                                 out=None if args.out and Path(args.out).suffix else args.out)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

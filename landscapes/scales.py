@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 from matplotlib import colormaps, colors, ticker
 
+from .sampling import precision_note
 from .surface import Surface
 from .trajectory import Projection
 from .values import value_family
@@ -233,7 +234,8 @@ def surface_title(surface: Surface, names: Sequence[str], config: PlotConfig) ->
     second = f"{shown} · {grid} grid" + (f" · {dirs} directions" if dirs and "reference" not in dirs else "")
     if "reference" in dirs:
         second += " · reference-project file"
-    return f"{first}\n{second}"
+    note = precision_note(surface)  # adaptive sample counts: at what precision (partial files too)
+    return f"{first}\n{second}" + (f"\n{note}" if note else "")
 
 
 def pc_ratios(surface: Surface, trajectory: Projection | None) -> np.ndarray | None:

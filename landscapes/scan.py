@@ -34,6 +34,7 @@ from .directions import (DIR_TYPES, IGNORES, NORMS, DirectionConfig, State, cosi
 from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfig, EvalInfo
 from .evaluate import Evaluator
 from .grid import AXIS_HELP, Axis, axis_arg, glue_grid_args, grid_coords, parse_axis, spread_indices
+from .sampling import SamplingConfig, check_eval_config, compute_sampled, ordered, sampled_names
 from .surface import Surface, SurfaceConflictError, SurfaceStore, read_surface
 
 __all__ = ["Axis", "parse_axis", "ScanConfig", "ScanResult", "ScanSetup", "prepare_scan", "compute_surface", "scan",
@@ -95,6 +96,7 @@ class ScanConfig:
     force: bool = False
     progress: bool = True
     plot: bool = False
+    sampling: SamplingConfig | None = None  # adaptive sample counts (landscapes.sampling); None: all images
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x", parse_axis(self.x, "x"))
@@ -118,6 +120,8 @@ class ScanConfig:
             raise ValueError(f"flush_seconds must be >= 0, got {self.flush_seconds}")
         self.directions  # noqa: B018  (validates norms, ignores, seed, same_dir/orthogonalize)
         self.eval_config  # noqa: B018  (validates engine, dtype, bn mode, batch sizes)
+        if self.sampling is not None:
+            check_eval_config(self.eval_config)
 
     @property
     def model_name(self) -> str:
@@ -192,7 +196,7 @@ def value_names(splits: Sequence[str]) -> list[str]:
 def compute_surface(model: nn.Module, directions: Sequence[State], x: np.ndarray, y: np.ndarray | None,
                     data: Mapping[str, DeviceData], eval_config: EvalConfig = EvalConfig(), *,
                     center: State | None = None, store: SurfaceStore | None = None, chunk_size: int | None = None,
-                    progress: bool = True) -> Surface:
+                    progress: bool = True, sampling: SamplingConfig | None = None) -> Surface:
     """Loss and accuracy (%) of ``model`` at ``center + x[ix] * directions[0] (+ y[iy] * directions[1])``
     for every grid point and each split in ``data`` (values ``<split>_loss``, ``<split>_acc``), plus
     the center itself (attributes ``<split>_loss_center``, ``<split>_acc_center``).
@@ -203,7 +207,8 @@ def compute_surface(model: nn.Module, directions: Sequence[State], x: np.ndarray
     of points. Under torch.distributed every rank computes whole chunks in turn and the results
     are gathered once per round of chunks (never inside the evaluation loop); every rank ends
     with the full surface, and only rank 0's ``store`` should have a path. ``center`` defaults to
-    the model's current state_dict.
+    the model's current state_dict. ``sampling``: adaptive sample counts with standard errors
+    (:func:`landscapes.sampling.compute_sampled`; the store then needs their values too).
     """
     x = np.asarray(x, dtype=np.float64)
     y = None if y is None else np.asarray(y, dtype=np.float64)
@@ -214,7 +219,10 @@ def compute_surface(model: nn.Module, directions: Sequence[State], x: np.ndarray
     own = {v.data_ptr() for v in model.state_dict().values()}
     center = {k: v.detach().clone() if v.data_ptr() in own else v
               for k, v in (center if center is not None else model.state_dict()).items()}
-    names = value_names(list(data))
+    names = value_names(list(data)) + (sampled_names(list(data)) if sampling is not None else [])
+    if sampling is not None:
+        check_eval_config(eval_config)
+        data = {split: ordered(d, sampling.seed) for split, d in data.items()}
     if store is None:
         store = SurfaceStore(x, y, names)
     missing = set(names) - set(store.values)
@@ -235,6 +243,10 @@ def compute_surface(model: nn.Module, directions: Sequence[State], x: np.ndarray
         store.flush()  # the file exists, with the center, before the first chunk is done
     n = done.size
     chunk = chunk_size or _default_chunk_size(n)
+    if sampling is not None:
+        compute_sampled(evaluators, grid_coords(x, y, np.arange(n)), store, sampling, chunk_size=chunk, rank=rank,
+                        world=world, progress=progress)
+        return store.surface()
     chunks = [idx for start in range(0, n, chunk)
               if (idx := np.arange(start, min(start + chunk, n))[~done[start:start + chunk]]).size]
     bar = tqdm(total=int((~done).sum()), desc="scan", unit="pt", disable=not progress or rank != 0,
@@ -465,6 +477,8 @@ def prepare_scan(config: ScanConfig) -> ScanSetup:
         "y": None if config.y is None else [config.y.start, config.y.stop, config.y.num],
         "directions_sha256": digest, "dir_type": dir_meta["dir_type"], "dtype": config.dtype, "bn_mode": config.bn,
     }
+    if config.sampling is not None:  # the image order; the precision may change between runs
+        identity["sampling"] = config.sampling.identity()
     if config.bn != "stored":  # statistics from batches: their size and the calibration set matter
         ev = config.eval_config
         identity.update(stats_batch_size=ev.stats_batch_size, calibration_samples=ev.calibration_samples)
@@ -503,7 +517,7 @@ def scan(config: ScanConfig) -> ScanResult:
         if len(set(digests)) != 1:
             raise ValueError(f"ranks hold different directions ({digests}); is --dir-file on a disk all ranks share?")
     x, y = setup.x, setup.y
-    names = value_names(config.splits)
+    names = value_names(config.splits) + (sampled_names(config.splits) if config.sampling else [])
     out = config.out_path
 
     # Rank 0 owns the file; the others learn whether it could be opened (else they would hang).
@@ -536,10 +550,10 @@ def scan(config: ScanConfig) -> ScanResult:
             store.attrs["chunk_size"] = int(chunk)
             store.begin_run(device=str(setup.device), world_size=world, batch_size=config.batch_size or 0,
                             engine=config.engine)
-        if rank == 0 and not todo_before:
+        if rank == 0 and not todo_before and config.sampling is None:  # adaptive: a new precision may reopen points
             print(f"{out}: all {store.done.size} points already computed; nothing to do", file=sys.stderr)
         surface = compute_surface(setup.model, directions, x, y, data, config.eval_config, center=center,
-                                  store=store, chunk_size=chunk, progress=config.progress)
+                                  store=store, chunk_size=chunk, progress=config.progress, sampling=config.sampling)
     finally:
         if store is not None:
             store.close()
@@ -594,6 +608,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bn", default=ScanConfig.bn, choices=BN_MODES,
                    help="BN statistics: stored (paper), recalibrate at each point, batch")
     g.add_argument("--calibration-samples", type=int, help="--bn recalibrate: first N images (default: all)")
+    g = p.add_argument_group("adaptive sample counts (per-point standard errors; landscapes.sampling)")
+    g.add_argument("--adaptive", action="store_true", help="stop each point at the default precision "
+                   f"({SamplingConfig.precision:g} relative SE of the loss); implied by the options below")
+    g.add_argument("--precision", type=float, help="stop a point when SE(loss) <= REL x loss (or --abs-precision)")
+    g.add_argument("--abs-precision", type=float, help="stop a point when SE(loss) <= A (loss units)")
+    g.add_argument("--sample-chunk", type=int, help=f"images per chunk (default {SamplingConfig.chunk})")
+    g.add_argument("--sample-seed", type=int, help="seed of the shared image order (default 0)")
+    g.add_argument("--cap", type=float, help="stop a point whose loss is over 3 SE above CAP (e.g. 10, the "
+                   "plot's top level)")
     g = p.add_argument_group("output")
     g.add_argument("--out", help="surface file (default: results/surfaces/<model>_<dataset>_<grid>.h5)")
     g.add_argument("--chunk-size", type=int, help="points per flushed chunk (default: from the grid)")
@@ -616,6 +639,21 @@ def _init_distributed(device: str) -> bool:
     return True
 
 
+def _sampling_args(args: dict[str, Any]) -> SamplingConfig | None:
+    """Pop the adaptive-sampling options: a SamplingConfig if any was given, else None."""
+    given = {field: args.pop(option) for option, field in (("precision", "precision"),
+                                                           ("abs_precision", "abs_precision"),
+                                                           ("sample_chunk", "chunk"), ("sample_seed", "seed"),
+                                                           ("cap", "cap"))}
+    adaptive = args.pop("adaptive")
+    given = {k: v for k, v in given.items() if v is not None}
+    if not (adaptive or given):
+        return None
+    if "abs_precision" in given and "precision" not in given:
+        given["precision"] = 0.0  # an absolute target alone
+    return SamplingConfig(**given)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = vars(build_parser().parse_args(glue_grid_args(sys.argv[1:] if argv is None else argv)))
     started = _init_distributed(args["device"])
@@ -623,6 +661,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         kw = args.pop("data_kw")
         args["data_kwargs"] = None if kw is None else parse_key_values(kw)
+        args["sampling"] = _sampling_args(args)
         result = scan(ScanConfig(**args))
     except (ValueError, FileNotFoundError) as err:  # CheckpointError, SurfaceConflictError are ValueErrors
         prefix = "error" if world == 1 else f"error (rank {rank})"
@@ -642,6 +681,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         per_point = s.attrs.get("seconds_per_point", float("nan"))
         print(f"{result.path}: {int(s.done.sum())}/{s.done.size} points ({result.points_computed} computed now "
               f"in {result.seconds:.1f} s, {per_point:.3g} s/point); at the center: {centre}")
+        if "image_evaluations" in s.attrs:
+            print(f"adaptive: {s.attrs['image_evaluations']} of {s.attrs['image_evaluations_full']} image-evaluations "
+                  f"({100 * s.attrs['image_evaluations'] / s.attrs['image_evaluations_full']:.3g}%)")
         print(f"directions: {s.attrs.get('directions_source')} ({s.attrs.get('dir_type')}), {result.dir_file}"
               + (f"; cos(x, y) = {s.attrs['directions_cosine']:.2g}" if s.y is not None else ""))
         for plot in result.plots:

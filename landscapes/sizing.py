@@ -10,7 +10,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-__all__ = ["memory_budget", "choose_pass_size", "activation_bytes"]
+__all__ = ["memory_budget", "choose_pass_size", "activation_bytes", "balanced"]
 
 
 def memory_budget(device: torch.device | str, fraction: float = 0.6) -> int:
@@ -31,7 +31,7 @@ def memory_budget(device: torch.device | str, fraction: float = 0.6) -> int:
     return int(free * fraction)
 
 
-def _balanced(total: int, size: int) -> int:
+def balanced(total: int, size: int) -> int:
     """The smallest chunk size giving the same number of chunks as ``size`` (no tiny last chunk)."""
     return math.ceil(total / math.ceil(total / size))
 
@@ -68,8 +68,8 @@ def choose_pass_size(n_points: int, n_images: int, point_bytes: int, image_bytes
                 b = max(1, (budget - point_bytes) // image_bytes)
             k = 1
         k = min(k, n_points)
-    k = k if points_per_pass is not None else _balanced(n_points, k)
-    return k, (b if batch_size is not None else _balanced(n_images, b))
+    k = k if points_per_pass is not None else balanced(n_points, k)
+    return k, (b if batch_size is not None else balanced(n_images, b))
 
 
 

@@ -296,13 +296,16 @@ class SurfaceStore:
         self.attrs.setdefault("history", [])
         self.attrs["history"] = list(self.attrs["history"]) + [self._run]
 
-    def record(self, index: np.ndarray, values: Mapping[str, np.ndarray], seconds_per_point: float) -> None:
-        """Store computed values at flat indices ``index``; flushes when one is due."""
+    def record(self, index: np.ndarray, values: Mapping[str, np.ndarray], seconds_per_point: float,
+               done: np.ndarray | bool = True) -> None:
+        """Store computed values at flat indices ``index``; flushes when one is due. ``done``
+        (per index) False keeps a point open: an adaptive scan records each chunk of images, and
+        its seconds add up."""
         index = np.asarray(index, dtype=np.int64)
         for name, v in values.items():
             self.values[name][index] = np.asarray(v, dtype=np.float64)
-        self.point_seconds[index] = seconds_per_point
-        self.done[index] = True
+        self.point_seconds[index] = np.nan_to_num(self.point_seconds[index]) + seconds_per_point
+        self.done[index] = done
         if self._run is not None:
             self._run["points"] += len(index)
             self._run["seconds"] = round(self._run["seconds"] + seconds_per_point * len(index), 4)

@@ -60,7 +60,7 @@ class CompareConfig:
     seed: int = 0
     device: str = "auto"
     runs: str = "runs/odenets_compare"
-    out: str = "results/odenet_mnist"
+    out: str = "runs/odenets_compare/out"  # never the committed results/ (the study writes those)
     sweep_model: str | None = None
     sweep_samples: int | None = 1000
     euler_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)

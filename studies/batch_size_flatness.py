@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from landscapes.plot import PlotConfig, plot_1d
-from studies.cache import load_trained, run_path, trained_record
+from studies.cache import load_trained, run_path, split_size, trained_record
 from studies.common import fail, parse_args
 from studies.figures import new_figure, save_figure
 from studies.recipes import BATCH_SIZE_MODES, BatchSizeSettings, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import scan_run
+from studies.stats import clearly_above, mean_sd
 
 NAME = "batch_size_flatness"
 
@@ -59,6 +60,23 @@ def sharpness(surface: Any, value: str = "train_loss") -> dict[str, float]:
     return {"center_loss": center, "rise_0.5": rise(0.5), "rise_1": rise(1.0), "curvature": curvature}
 
 
+# Filter-normalized 1-D slices per run: one random direction each, over this many direction seeds,
+# so that a sharpness figure comes with its spread over directions.
+DIRECTION_SEEDS = {"full": 3, "cpu": 3, "quick": 3, "smoke": 2}
+SHARPNESS_KEYS = ("rise_0.5", "rise_1", "curvature")
+
+
+def sharpness_over_seeds(surfaces: list[Any]) -> dict[str, Any]:
+    """Mean, sd and per-seed values of :func:`sharpness` over slices along different directions."""
+    each = [sharpness(s) for s in surfaces]
+    out: dict[str, Any] = {"center_loss": each[0]["center_loss"], "direction_seeds": len(each)}
+    for key in SHARPNESS_KEYS:
+        values = [e[key] for e in each]
+        out[key], out[f"{key}_sd"] = mean_sd(values)
+        out[f"{key}_per_seed"] = values
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
     s = BATCH_SIZE_MODES[args.mode]
@@ -72,14 +90,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for batch in (s.small, s.large):
                     rec = trained_record(replace(template, batch_size=batch, weight_decay=wd), args.runs,
                                          label=label(batch, wd), batch_size=batch, weight_decay=wd)
-                    res = scan_run(args, run_path(rec), args.out / "surfaces" / f"random_bs{batch}_wd{wd:g}.h5",
-                                   x=s.random_axis, samples=s.samples, split="both")
-                    slices[wd, batch] = res.surface
+                    seeds = [args.seed + k for k in range(DIRECTION_SEEDS[args.mode])]
+                    along = [scan_run(args, run_path(rec), args.out / "surfaces" / (
+                                          f"random_bs{batch}_wd{wd:g}" + ("" if seed == args.seed else f"_seed{seed}")
+                                          + ".h5"),
+                                      x=s.random_axis, samples=s.samples, split="both", seed=seed).surface
+                             for seed in seeds]
+                    slices[wd, batch] = along[0]
                     w = weight_vector(load_trained(run_path(rec)))
                     rec.update(weight_norm=float(np.linalg.norm(w)), weight_abs_mean=float(np.abs(w).mean()),
                                steps=template.epochs * -(-template.samples // batch) if template.samples else None,
                                paper_test_error=PAPER_TEST_ERROR[paper_setting(wd, batch == s.small)],
-                               **sharpness(res.surface))
+                               **sharpness_over_seeds(along))
                     rec["weights"] = w
                     del rec["history"][:-1]
                     records[wd, batch] = rec
@@ -96,7 +118,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fail(str(err))
     figures = plot(records, slices, interpolations, s, args.out)
     rows = [{k: v for k, v in r.items() if k != "weights"} for r in records.values()]
-    result = {"study": NAME, "mode": args.mode, "dataset": template.dataset, "model": s.model,
+    result = {"study": NAME, "tier": args.mode, "mode": args.mode, "dataset": template.dataset, "model": s.model,
+              "seeds": [args.seed], "direction_seeds": DIRECTION_SEEDS[args.mode],
+              "train_samples": split_size(template, "train"), "test_samples": split_size(template, "test"),
               "training": {k: getattr(template, k) for k in ("samples", "test_samples", "epochs", "lr", "momentum")},
               "samples_per_point": s.samples, "seed": args.seed,
               "seconds": timer.seconds, "threads": torch.get_num_threads(), "runs": rows,
@@ -107,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = [{"run": r["label"], "train loss": r["history"][-1]["train_loss"],
               "test error % (ours)": r["final_test_error"],
               "test error % (Li et al. VGG-9, approx.)": r["paper_test_error"], "weight norm": r["weight_norm"],
-              "rise at ±0.5": r["rise_0.5"], "rise at ±1": r["rise_1"], "curvature at 0": r["curvature"]}
+              **{f"{name} (mean ± sd, {r['direction_seeds']} directions)": f"{r[key]:.3g} ± {r[key + '_sd']:.2g}"
+                 for key, name in (("rise_0.5", "rise at ±0.5"), ("rise_1", "rise at ±1"), ("curvature", "curvature at 0"))}}
              for r in rows]
     write_readme(args, "Small vs large batch, with and without weight decay (Li et al. 2018, Fig. 2-3)",
                  "Linear interpolation between a small-batch (128) and a large-batch (8192) minimizer is misleading: "
@@ -176,10 +201,15 @@ def describe(records: dict, interpolations: dict, s: BatchSizeSettings) -> str:
             f"{lb['weight_norm']:.1f}. Interpolation: the loss rises by {out_sb:.3g} going 0.25 beyond the small-batch "
             f"end and by {out_lb:.3g} beyond the large-batch end, so the "
             f"{'large' if out_lb > out_sb else 'small'}-batch "
-            f"solution looks sharper there. Filter-normalized slice: rise at ±0.5 is {sb['rise_0.5']:.3g} vs "
-            f"{lb['rise_0.5']:.3g}, curvature {sb['curvature']:.3g} vs {lb['curvature']:.3g} "
-            + ("(large batch sharper, as in the paper)." if lb["rise_0.5"] > sb["rise_0.5"]
-               else "(**small batch sharper, unlike the paper**)."))
+            f"solution looks sharper there. Filter-normalized slices (mean ± sd over {sb['direction_seeds']} "
+            f"directions): rise at ±1 is {sb['rise_1']:.3g} ± {sb['rise_1_sd']:.2g} (batch {s.small}) vs "
+            f"{lb['rise_1']:.3g} ± {lb['rise_1_sd']:.2g} (batch {s.large}), curvature {sb['curvature']:.3g} ± "
+            f"{sb['curvature_sd']:.2g} vs {lb['curvature']:.3g} ± {lb['curvature_sd']:.2g} "
+            + ("(large batch sharper beyond the direction spread, as in the paper)."
+               if clearly_above(lb["rise_1_per_seed"], sb["rise_1_per_seed"]) else
+               "(**small batch sharper beyond the direction spread, unlike the paper**)."
+               if clearly_above(sb["rise_1_per_seed"], lb["rise_1_per_seed"]) else
+               "(the difference is within the spread over directions)."))
     return "\n".join(lines)
 
 
@@ -188,7 +218,8 @@ def notes(args: Any, s: BatchSizeSettings, template: Any, rows: list[dict[str, A
              f"{template.samples or 'all'} training images, {template.epochs} epochs, SGD lr {template.lr} with "
              f"momentum {template.momentum}, lr /10 at {', '.join(f'{m:.0%}' for m in template.milestones)} of the "
              f"iterations), so the large batch takes {s.large // s.small}x fewer steps, as in the paper. Slices: "
-             f"`landscapes.scan`, one filter-normalized random direction (biases/BN ignored, seed {args.seed}), "
+             f"`landscapes.scan`, filter-normalized random directions (biases/BN ignored), one per direction seed "
+             f"({args.seed}..{args.seed + DIRECTION_SEEDS[args.mode] - 1}), "
              f"{s.random_axis}, losses over the first {s.samples or 'all'} images of each split; interpolation: "
              f"`landscapes.scan --model2 --bn recalibrate`, {s.interp_axis}, over the first {s.samples or 'all'} "
              f"training images, BN statistics re-estimated on them at every point. The paper interpolates the "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 
-from studies.common import StudyArgs
+from studies.common import StudyArgs, repo_relative
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -44,7 +44,7 @@ def write_readme(args: StudyArgs, title: str, claim: str, tables: dict[str, list
              + (f", {seconds:.0f} s" if seconds is not None else "") + ")", ""]
     for caption, rows in tables.items():
         parts += [f"## {caption}", "", markdown_table(rows), ""]
-    parts += [f"## What we observe", "", observed, ""]
+    parts += ["## What we observe", "", observed, ""]
     for fig in figures:
         parts += [f"![{Path(fig).stem}]({Path(fig).name})", ""]
     if args.mode == "smoke":
@@ -54,7 +54,17 @@ def write_readme(args: StudyArgs, title: str, claim: str, tables: dict[str, list
         parts += ["## Notes", "", notes, ""]
     path = args.out / "README.md"
     path.write_text("\n".join(parts))
+    print_summary(args, figures)
     return path
+
+
+def print_summary(args: StudyArgs, figures: Iterable[str]) -> None:
+    """The last lines a study prints: its tier and the files it wrote, so a user knows what to open."""
+    written = [args.out / "README.md", args.out / "results.json", *(args.out / Path(f).name for f in figures)]
+    print(f"{args.name} ({args.mode} tier) wrote:")
+    for f in written:
+        if f.is_file():
+            print(f"  {repo_relative(f)}")
 
 
 class Timer:

@@ -27,9 +27,10 @@ def direction_file(args: StudyArgs, run: Path, ndim: int, seed: int | None = Non
 
 
 def scan_config(args: StudyArgs, run: Path, out: Path, x: str, y: str | None = None, samples: int | None = None,
-                dir_file: Path | None = None, **overrides: Any) -> Any:
+                dir_file: Path | None = None, seed: int | None = None, **overrides: Any) -> Any:
     """The landscapes.scan.ScanConfig that scans ``run``/final.pt on the data set it was trained on
-    (train split, first ``samples`` images) into ``out``, with this study's seed and device.
+    (train split, first ``samples`` images) into ``out``, with this study's device and direction
+    seed (``seed``, default the study's ``--seed``).
     Directions: ``dir_file``, else the run's cached file (:func:`direction_file`), so that every
     study scanning this checkpoint with this seed lies in the same plane."""
     ck = Path(run) / "final.pt"
@@ -42,10 +43,11 @@ def scan_config(args: StudyArgs, run: Path, out: Path, x: str, y: str | None = N
                                                      f"{sha256(other)[:10]}.h5")
         dir_file.unlink(missing_ok=True)
     elif dir_file is None:
-        dir_file = direction_file(args, Path(run), 1 if y is None else 2)
+        dir_file = direction_file(args, Path(run), 1 if y is None else 2, seed)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     return ScanConfig(model=meta["model"], checkpoint=str(ck), dataset=meta["config"]["dataset"],
-                      data_root=args.data_root, samples=samples, x=x, y=y, seed=args.seed, dir_file=str(dir_file),
+                      data_root=args.data_root, samples=samples, x=x, y=y, seed=args.seed if seed is None else seed,
+                      dir_file=str(dir_file),
                       device=args.device, out=str(out), progress=args.mode != "smoke", **overrides)
 
 
@@ -61,10 +63,10 @@ def replacing_conflicts(compute: Any, config: Any) -> Any:
 
 
 def scan_run(args: StudyArgs, run: Path, out: Path, x: str, y: str | None = None, samples: int | None = None,
-             dir_file: Path | None = None, **overrides: Any) -> Any:
+             dir_file: Path | None = None, seed: int | None = None, **overrides: Any) -> Any:
     """``landscapes.scan.scan`` of :func:`scan_config` (same arguments); returns the ScanResult.
     ``overrides`` go to ScanConfig (e.g. ``model2``, ``split``)."""
-    return replacing_conflicts(scan, scan_config(args, run, out, x, y, samples, dir_file, **overrides))
+    return replacing_conflicts(scan, scan_config(args, run, out, x, y, samples, dir_file, seed, **overrides))
 
 
 def merge_surfaces(surfaces: dict[str, Any], value: str = "train_loss") -> Any:

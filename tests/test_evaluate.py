@@ -89,9 +89,9 @@ def assert_close(loss, acc, ref_loss, ref_acc):
 
 @pytest.mark.parametrize("bn_mode", ["stored", "batch", "recalibrate"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_engine_matches_naive_2d(name, bn_mode):
+def test_engine_matches_naive_2d(name, bn_mode, device):
     model = trained_like(MODELS[name]())
-    center, dirs, data = model.state_dict(), directions(model, 2), tiny_data(20)
+    center, dirs, data = model.state_dict(), directions(model, 2), tiny_data(20).to(device)
     before = {k: v.clone() for k, v in center.items()}
     config = EvalConfig(bn_mode=bn_mode, stats_batch_size=8, batch_size=8)
     ref_loss, ref_acc = evaluate_naive(model, center, dirs, COORDS_2D, data, config)
@@ -107,10 +107,10 @@ def test_engine_matches_naive_2d(name, bn_mode):
 
 @pytest.mark.parametrize("bn_mode", ["stored", "batch", "recalibrate"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_engine_matches_naive_1d(name, bn_mode):
+def test_engine_matches_naive_1d(name, bn_mode, device):
     """One direction; uneven chunks (3 of 4 points, 7 of 18 images) exercise the partial passes."""
     model = trained_like(MODELS[name](), seed=3)
-    center, dirs, data = model.state_dict(), directions(model, 1), tiny_data(18)
+    center, dirs, data = model.state_dict(), directions(model, 1), tiny_data(18).to(device)
     config = EvalConfig(bn_mode=bn_mode, stats_batch_size=6)
     ref = evaluate_naive(model, center, dirs, COORDS_1D, data, config)
     flat = COORDS_1D[:, 0]  # (K,) is accepted for one direction
@@ -129,6 +129,18 @@ def test_parallel_cpu_workers_match_naive(bn_mode):
     assert info.workers == 3 and torch.get_num_threads() == threads
     assert info.fused == (0 if bn_mode == "batch" else 7)  # BN between conv and ReLU blocks the fusion
     assert_close(loss, acc, *evaluate_naive(model, center, dirs, COORDS_2D, data, config))
+
+
+def test_a_single_point_is_split_over_the_cpu_workers():
+    """One point (the centre, or the last open point of an adaptive round) runs its image batches
+    on every worker thread, not on one thread with intra-op threads (which stall on a loaded
+    machine); the result is the per-point one."""
+    model = trained_like(models.build("resnet8"))
+    center, dirs, data = model.state_dict(), directions(model, 2), tiny_data(12)
+    config = EvalConfig(engine="loop", workers=2, batch_size=3)
+    loss, acc, info = evaluate_points(model, center, dirs, COORDS_2D[1:2], data, config, return_info=True)
+    assert info.workers == 2
+    assert_close(loss, acc, *evaluate_naive(model, center, dirs, COORDS_2D[1:2], data, config))
 
 
 @pytest.mark.parametrize("points, workers, batches", [(5, 2, 16), (4, 3, 3), (6, 2, 5), (1, 4, 2), (7, 3, 1)])
@@ -154,21 +166,21 @@ def test_recalibrate_with_separate_calibration_subset():
     assert (other[0] - got[0]).abs().max() > 1e-4
 
 
-def test_known_landscape_of_a_linear_model():
+def test_known_landscape_of_a_linear_model(device):
     """Zero weights moved along the bias of class 0: CE at a is log(e^a + C - 1) - a [y = 0] exactly."""
     classes = 4
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, classes))
     with torch.no_grad():
         model[1].weight.zero_()
         model[1].bias.zero_()
-    data = DeviceData(torch.randn(10, 3, 2, 2), torch.tensor([0, 1, 2, 3, 0, 0, 1, 2, 3, 0]))
+    data = DeviceData(torch.randn(10, 3, 2, 2), torch.tensor([0, 1, 2, 3, 0, 0, 1, 2, 3, 0])).to(device)
     bias_dir = torch.zeros(classes)
     bias_dir[0] = 1.0
     coords = torch.tensor([[-2.0], [0.0], [0.5], [3.0]], dtype=torch.float64)
     loss, acc = evaluate_points(model, model.state_dict(), [{"1.bias": bias_dir}], coords, data,
                                 EvalConfig(engine="batched"))
     a = coords[:, 0]
-    frac0 = (data.y == 0).double().mean()
+    frac0 = (data.y == 0).double().mean().cpu()
     expected = torch.log(torch.exp(a) + classes - 1) - frac0 * a
     assert torch.allclose(loss, expected, rtol=1e-6)
     # a > 0 predicts class 0 everywhere; a < 0 leaves classes 1..3 tied and argmax picks class 1.
@@ -309,10 +321,10 @@ def test_memory_budget_limits_the_engine():
 class TinyDevice(Evaluator):
     """An Evaluator whose device 'runs out of memory' above 6 image-evaluations per forward."""
 
-    def _chunk(self, nets, c, k_pass, b, batched):
+    def _chunk(self, nets, c, k_pass, b, batched, images=slice(None)):
         if k_pass * b > 6:
             raise torch.OutOfMemoryError("simulated")
-        return super()._chunk(nets, c, k_pass, b, batched)
+        return super()._chunk(nets, c, k_pass, b, batched, images)
 
 
 def test_out_of_memory_halves_the_pass_and_continues():
@@ -326,9 +338,9 @@ def test_out_of_memory_halves_the_pass_and_continues():
     assert evaluator.pass_size(len(COORDS_2D)) == (1, 6)  # later calls start small
 
 
-def test_bfloat16_reports_its_deviation():
+def test_bfloat16_reports_its_deviation(device):
     model = trained_like(models.build("resnet8"))
-    center, dirs, data = model.state_dict(), directions(model, 2), tiny_data(16)
+    center, dirs, data = model.state_dict(), directions(model, 2), tiny_data(16).to(device)
     loss, acc, info = evaluate_points(model, center, dirs, COORDS_2D, data,
                                       EvalConfig(dtype="bfloat16", deviation_points=4), return_info=True)
     ref, _ = evaluate_naive(model, center, dirs, COORDS_2D, data)
@@ -382,7 +394,10 @@ def test_bench_runs_both_loops_and_prints_ratio_last(capsys, tmp_path):
     coords = bench.grid_coords(3)
     assert coords[:3, 1].eq(-1).all() and coords[:3, 0].tolist() == [-1.0, 0.0, 1.0]  # x fastest
     results = tmp_path / "RESULTS.md"
-    assert bench.main(["--model", "resnet8", "--grid", "2", "--samples", "12", "--results", str(results)]) == 0
+    args = ["--model", "resnet8", "--grid", "2", "--samples", "12", "--results", str(results)]
+    assert bench.main(args) == 0 and not results.exists()  # a plain run records nothing
+    capsys.readouterr()
+    assert bench.main(args + ["--record"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[1]) > 0
     header, _, row = results.read_text().strip().splitlines()  # a new file gets the header first
@@ -486,7 +501,7 @@ def calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 @pytest.mark.parametrize("name", models.names())
-def test_every_registry_model_matches_the_naive_loop(name):
+def test_every_registry_model_matches_the_naive_loop(name, device):
     """The default engine, with its fallbacks (fx cannot trace the ODE solvers), computes what the
     per-point reference computes on every model the registry builds. In float64, because deep
     plain nets at init are too ill-conditioned for float32 at 1e-5 (against a float64 truth, the
@@ -499,7 +514,7 @@ def test_every_registry_model_matches_the_naive_loop(name):
     model = calibrated(models.build(name, in_channels=channels).double(), x)
     dirs = create_directions(model, DirectionConfig(seed=0))
     coords = torch.tensor([[0.0, 0.0], [0.05, -0.02], [-0.1, 0.08]], dtype=torch.float64)
-    data = DeviceData(x, y)
+    data = DeviceData(x, y).to(device)
     ref_loss, ref_acc = evaluate_naive(model, model.state_dict(), dirs, coords, data)
     if not ref_loss.max() < 1e30:  # plain1202 = resnet1202_noshort: even float64 keeps no digits
         pytest.skip(f"{name} explodes at init (loss {ref_loss.max():.3g}): no digits left to compare")

@@ -333,3 +333,13 @@ def test_compared_figures_share_limits_and_labels():
     zl = {ax.get_zlim() for ax in fig3.axes if hasattr(ax, "get_zlim")}
     assert len(zl) == 1
     assert all(ax.get_zlabel() == "loss" for ax in fig3.axes if hasattr(ax, "get_zlabel"))
+
+
+def test_page_hover_carries_the_standard_error_of_adaptive_surfaces(tmp_path):
+    x = np.linspace(-1, 1, 3)
+    loss = np.array([[1.0, 2.0, 3.0], [0.5, 0.25, 0.5], [3.0, 2.0, 1.0]])
+    s = write_surface(tmp_path / "ad.h5", x, x, {"train_loss": loss, "train_loss_se": 0.01 * loss,
+                                                 "train_n": np.full((3, 3), 128.0)}, attrs={"model": "resnet8"})
+    data, _ = figure_json(plot_surface_file(s, html=True, out=tmp_path / "ad.html")[0])
+    contour = [t for t in data if t["type"] == "contour"][0]
+    assert contour["text"][1][1] == "0.25 ± 0.0025 (1 SE, 128 images)"

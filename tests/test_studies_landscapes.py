@@ -119,6 +119,10 @@ def test_batch_size_flatness_smoke(tmp_path, runs):
     out, result = smoke(batch_size_flatness, tmp_path, runs)
     by = {(r["weight_decay"], r["batch_size"]): r for r in result["runs"]}
     assert set(by) == {(0.0, 16), (0.0, 96), (5e-4, 16), (5e-4, 96)}
+    for r in by.values():  # one slice per direction seed, summarized as mean ± sd
+        per_seed = r["rise_1_per_seed"]
+        assert r["direction_seeds"] == 2 and len(per_seed) == 2 and per_seed[0] != per_seed[1]
+        assert r["rise_1"] == pytest.approx(np.mean(per_seed)) and r["rise_1_sd"] == pytest.approx(np.std(per_seed, ddof=1))
     data = train_images(32)
     for wd in (0.0, 5e-4):
         s = read_surface(out / "surfaces" / f"interpolation_wd{wd:g}.h5")
