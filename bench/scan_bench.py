@@ -29,6 +29,7 @@ from landscapes.evalconfig import COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfi
 from landscapes.evaluate import Evaluator
 from landscapes.reference import point_state
 from models.data import DATASETS, SYNTHETIC_SIZES, DataNotFoundError, DeviceData, load_split
+from models.checks import positive_int
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = ("| date | code | machine | torch | model | data | grid | images | device | dtype | engine (K x B) | "
@@ -55,13 +56,10 @@ class BenchConfig:
     results: str | None = None  # markdown file to append a row to (None: print only)
 
     def __post_init__(self) -> None:
-        if min(self.grid, self.samples, self.naive_batch, self.slice_points) < 1:
-            raise ValueError(f"grid, samples, naive batch and slice points must be positive; got {self.grid}, "
-                             f"{self.samples}, {self.naive_batch}, {self.slice_points}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be a positive integer; got {self.threads}")
-        if self.naive_points is not None and self.naive_points < 1:
-            raise ValueError(f"naive_points must be a positive integer; got {self.naive_points}")
+        for name in ("grid", "samples", "naive_batch", "slice_points"):
+            positive_int(name, getattr(self, name))
+        positive_int("threads", self.threads, allow_none=True, note="None: torch's default")
+        positive_int("naive_points", self.naive_points, allow_none=True, note="None: every grid point")
 
 
 @dataclass(frozen=True)

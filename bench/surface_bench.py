@@ -41,6 +41,7 @@ from landscapes.sampling import SamplingConfig, compute_sampled, ordered, sample
 from landscapes.scan import grid_coords, value_names  # noqa: E402
 from landscapes.surface import SurfaceStore  # noqa: E402
 from models.data import DATASETS, load_device_data  # noqa: E402
+from models.checks import positive_int  # noqa: E402
 from models.train import TrainConfig, train  # noqa: E402
 from scan_bench import RESULTS, code_version, machine_name, run_from_args  # noqa: E402  (bench/ is on sys.path as a script)
 
@@ -69,8 +70,9 @@ class SurfaceBenchConfig:
     results: str | None = None       # append a row here (--record)
 
     def __post_init__(self) -> None:
-        if min(self.grid, self.samples, self.train_epochs, self.train_samples) < 1:
-            raise ValueError("grid, samples, train epochs and train samples must be positive")
+        for name in ("grid", "samples", "train_epochs", "train_samples"):
+            positive_int(name, getattr(self, name))
+        positive_int("threads", self.threads, allow_none=True, note="None: torch's default")
         if self.subgrid is not None and not 1 <= self.subgrid <= self.grid:
             raise ValueError(f"subgrid must lie in 1..grid ({self.grid}); got {self.subgrid}")
 

@@ -10,6 +10,8 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from models.checks import positive_int
+
 __all__ = ["memory_budget", "choose_pass_size", "activation_bytes"]
 
 
@@ -48,8 +50,7 @@ def choose_pass_size(n_points: int, n_images: int, point_bytes: int, image_bytes
     that the last chunk is not a sliver. Raises ValueError when one point and one image do not fit.
     """
     for name, v in (("n_points", n_points), ("n_images", n_images), ("max_batch", max_batch)):
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1; got {v}")
+        positive_int(name, v)
     if point_bytes < 0 or image_bytes <= 0:
         raise ValueError(f"point_bytes must be >= 0 and image_bytes > 0; got {point_bytes}, {image_bytes}")
     per_point = point_bytes + image_bytes

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .checks import positive_int
 from .checkpoint import CheckpointError, atomic_path, read_checkpoint, save_checkpoint
 from .data import DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data, normalization_constants
 from .device import resolve_device
@@ -102,8 +103,7 @@ class TrainConfig:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS)}")
         for name in ("epochs", "batch_size", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            positive_int(name, getattr(self, name))
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
         if list(self.milestones) != sorted(self.milestones) or not all(0 < m <= 1 for m in self.milestones):

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from models import build, load_checkpoint, resolve_device
+from models.checks import positive_int
 from models.data import DATASETS, DataNotFoundError, DeviceData, default_data_root, load_device_data
 from models.ode import ADAPTIVE_METHODS, counted_blocks, nfe, ode_blocks
 from models.summary import count_params
@@ -88,13 +89,12 @@ class CompareConfig:
         if self.sweep_model is not None and self.sweep_model not in self.models:
             raise ValueError(f"sweep_model {self.sweep_model!r} is not among models {self.models}")
         for name in ("epochs", "batch_size", "memory_batch", "probe_batch", "eval_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            positive_int(name, getattr(self, name))
         for name in ("samples", "test_samples", "sweep_samples"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer or None (all), got {getattr(self, name)}")
-        if any(k < 1 for k in self.euler_steps + self.memory_steps):
-            raise ValueError("euler_steps and memory_steps must be positive integers")
+            positive_int(name, getattr(self, name), allow_none=True, note="None: all")
+        for name in ("euler_steps", "memory_steps"):
+            for k in getattr(self, name):
+                positive_int(f"each of {name}", k)
         if any(not t > 0 for t in self.tolerances) or (self.reference_tol is not None and not self.reference_tol > 0):
             raise ValueError(f"tolerances must be positive, got {self.tolerances}, reference {self.reference_tol}")
 

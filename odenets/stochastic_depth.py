@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from models import build
 from models.blocks import DropPath
+from models.checks import positive_int
 from models.data import load_split
 
 
@@ -51,8 +52,7 @@ class TimingConfig:
         if not set(self.modes) <= {"batch", "row"} or not self.modes:
             raise ValueError(f"modes must be a non-empty subset of ('batch', 'row'), got {self.modes}")
         for name in ("steps", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            positive_int(name, getattr(self, name))
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
 

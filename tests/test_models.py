@@ -1,10 +1,12 @@
 """Model registry: parameter counts against the papers, shortcut options, plain twins."""
+import numpy as np
 import pytest
 import torch
 import torchvision
 
 import models
 from models.blocks import BasicBlock, ZeroPadShortcut
+from models.checks import positive_int
 from models.summary import summarize
 
 
@@ -132,3 +134,14 @@ def test_summary_macs_of_a_single_conv_are_exact():
                                torch.nn.Linear(8 * 5 * 5, 4))
     s = summarize(conv, (3, 10, 10))
     assert s.macs == 8 * 5 * 5 * 3 * 3 * 3 + 8 * 5 * 5 * 4
+
+
+def test_positive_int_accepts_counts_and_names_what_it_refuses():
+    positive_int("epochs", 3)
+    positive_int("epochs", np.int64(3))
+    positive_int("samples", None, allow_none=True)
+    for bad in (0, -2, True, 2.0, None, "3"):
+        with pytest.raises(ValueError, match=r"^epochs must be a positive integer; got "):
+            positive_int("epochs", bad)
+    with pytest.raises(ValueError, match=r"^samples must be a positive integer or None \(None: all\); got 0$"):
+        positive_int("samples", 0, allow_none=True, note="None: all")

@@ -202,7 +202,7 @@ def test_registry_models_carry_their_solvers_and_reject_bad_ones():
     assert (ode.method, ode.rtol, ode.adjoint) == ("dopri5", 1e-3, True)
     with pytest.raises(ValueError, match="unknown ODE method 'rk45'.*dopri5"):
         models.build("odenet_mnist", method="rk45")
-    with pytest.raises(ValueError, match="needs steps=K"):
+    with pytest.raises(ValueError, match="steps must be a positive integer \\(fixed-grid method 'euler' takes K uniform steps"):
         models.build("odenet_mnist", method="euler")
     with pytest.raises(ValueError, match="downsampling"):
         models.build("odenet_cifar", downsampling="pool")
