@@ -30,6 +30,7 @@ from landscapes.evaluate import Evaluator
 from landscapes.reference import point_state
 from models.data import DATASETS, SYNTHETIC_SIZES, DataNotFoundError, DeviceData, load_split
 from models.checks import positive_int
+from models.cli import add_threads_argument, set_threads
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = ("| date | code | machine | torch | model | data | grid | images | device | dtype | engine (K x B) | "
@@ -267,7 +268,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                    help="time the naive loop on the first N points only (throughput is per image)")
     p.add_argument("--slice-points", type=int, default=BenchConfig.slice_points,
                    help="alternate naive and ours every N points (both then see the same machine load)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
+    add_threads_argument(p, help="torch CPU threads for both loops (default: torch's)")
     p.add_argument("--seed", type=int, default=BenchConfig.seed)
     p.add_argument("--engine", default="auto", choices=ENGINES)
     p.add_argument("--dtype", default="float32", choices=EVAL_DTYPES)
@@ -296,8 +297,7 @@ def run_from_args(parse, run, argv: list[str] | None):
     ``threads`` field; ``run``: config -> result), or None after printing a usage error."""
     try:
         config = parse(argv)
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
+        set_threads(config.threads)
         return config, run(config)
     except (ValueError, FileNotFoundError, DataNotFoundError, models.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -42,6 +42,7 @@ from landscapes.scan import grid_coords, value_names  # noqa: E402
 from landscapes.surface import SurfaceStore  # noqa: E402
 from models.data import DATASETS, load_device_data  # noqa: E402
 from models.checks import positive_int  # noqa: E402
+from models.cli import add_threads_argument  # noqa: E402
 from models.train import TrainConfig, train  # noqa: E402
 from scan_bench import RESULTS, code_version, machine_name, run_from_args  # noqa: E402  (bench/ is on sys.path as a script)
 
@@ -211,7 +212,7 @@ def parse_args(argv: list[str] | None = None) -> SurfaceBenchConfig:
     p.add_argument("--cap", type=float, help="stop points more than 3 SE above this loss")
     p.add_argument("--engine", default="auto", choices=ENGINES[:3])
     p.add_argument("--dtype", default="float32", choices=EVAL_DTYPES)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    add_threads_argument(p)
     p.add_argument("--record", action="store_true", help="append a row to --results")
     p.add_argument("--results", default=str(RESULTS))
     a = p.parse_args(argv)

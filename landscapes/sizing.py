@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from models.checks import positive_int
+from models.device import cuda_peak_bytes
 
 __all__ = ["memory_budget", "choose_pass_size", "activation_bytes"]
 
@@ -79,11 +80,7 @@ def activation_bytes(net: nn.Module, gm: fx.GraphModule | None, probe: torch.Ten
     tensors alive at once along the fx graph, or 4x the largest layer output without a graph."""
     b = probe.shape[0]
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        net(probe)
-        return max(1, math.ceil((torch.cuda.max_memory_allocated(device) - base) / b))
+        return max(1, math.ceil(cuda_peak_bytes(lambda: net(probe), device) / b))
     if gm is not None:
         try:
             ShapeProp(gm).propagate(probe)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checks import positive_int
+from .cli import fail
 from .checkpoint import CheckpointError, atomic_path, read_checkpoint, save_checkpoint
 from .data import DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data, normalization_constants
 from .device import resolve_device
@@ -388,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = TrainConfig(**args)
         history = train(config)
     except (ValueError, KeyError, OSError, RunConflictError, LockHeldError) as err:
-        sys.exit(f"error: {err}")
+        fail(str(err))
     except KeyboardInterrupt:
         saved = _saved_epochs(config.out_dir)
         kept = f"{saved[0][1]} (epoch {saved[0][0]}) is kept" if saved else "no epoch was complete"

@@ -1,4 +1,6 @@
 """Model registry: parameter counts against the papers, shortcut options, plain twins."""
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torchvision
 import models
 from models.blocks import BasicBlock, ZeroPadShortcut
 from models.checks import positive_int
+from models.cli import add_threads_argument, fail, set_threads
 from models.summary import summarize
 
 
@@ -145,3 +148,23 @@ def test_positive_int_accepts_counts_and_names_what_it_refuses():
             positive_int("epochs", bad)
     with pytest.raises(ValueError, match=r"^samples must be a positive integer or None \(None: all\); got 0$"):
         positive_int("samples", 0, allow_none=True, note="None: all")
+
+
+def test_cli_usage_errors_exit_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        fail("unknown model 'x'; try --list")
+    assert exit_.value.code == 2 and capsys.readouterr().err == "error: unknown model 'x'; try --list\n"
+    p = argparse.ArgumentParser(prog="tool")
+    add_threads_argument(p)
+    assert p.parse_args([]).threads is None and p.parse_args(["--threads", "3"]).threads == 3
+    with pytest.raises(SystemExit) as exit_:
+        p.parse_args(["--threads", "0"])
+    assert exit_.value.code == 2 and "--threads: expected a positive number of threads, got '0'" in capsys.readouterr().err
+    before = torch.get_num_threads()
+    try:
+        set_threads(None)
+        assert torch.get_num_threads() == before
+        set_threads(before + 1)
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)

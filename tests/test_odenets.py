@@ -329,7 +329,8 @@ def test_compare_end_to_end_on_synthetic_data(tmp_path):
 def test_cli_reports_bad_input_as_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--models", "odenet_mnst", "--dataset", "synthetic"])
-    assert "error: unknown model 'odenet_mnst'" in str(exc.value) and "odenet_mnist" in str(exc.value)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: unknown model 'odenet_mnst'") and "odenet_mnist" in err
     with pytest.raises(ValueError, match="NAME\\[key=value"):
         parse_entry("odenet_mnist[rtol=0.1")
 
