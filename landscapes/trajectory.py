@@ -23,8 +23,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from models import load_checkpoint, read_checkpoint
-from models.checkpoint import atomic_path, package_version, sha256
 from models.cli import fail
+from models.fileio import atomic_path, package_version, sha256
 
 from .directions import State, save_directions
 from .surface import open_hdf5

@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from .checks import positive_int
 from .cli import fail
-from .checkpoint import CheckpointError, atomic_path, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .data import DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data, normalization_constants
 from .device import resolve_device
+from .fileio import atomic_path
 from .locking import LockHeldError, file_lock
 from .registry import build, parse_key_values, resolve_name
 
