@@ -167,7 +167,7 @@ class ODEBlock(CountedField):
             from torchdiffeq import odeint_adjoint  # lazily: torchdiffeq imports scipy (~0.5 s)
             y = odeint_adjoint(self.field, x, t, adjoint_params=tuple(self.func.parameters()), **kw)
         else:
-            from torchdiffeq import odeint
+            from torchdiffeq import odeint  # lazily, as above: start-up time of every models import
             y = odeint(self.field, x, t, **kw)
         self._end(start)
         return y[-1]
