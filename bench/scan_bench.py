@@ -30,7 +30,7 @@ from landscapes.evaluate import Evaluator
 from landscapes.reference import point_state
 from models.data import DATASETS, SYNTHETIC_SIZES, DataNotFoundError, DeviceData, load_split
 from models.checks import positive_int
-from models.cli import add_threads_argument, set_threads
+from models.cli import add_threads_argument, fail, set_threads
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = ("| date | code | machine | torch | model | data | grid | images | device | dtype | engine (K x B) | "
@@ -294,21 +294,17 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 def run_from_args(parse, run, argv: list[str] | None):
     """(config, result) of a bench run from its command line (``parse``: argv -> config with a
-    ``threads`` field; ``run``: config -> result), or None after printing a usage error."""
+    ``threads`` field; ``run``: config -> result); a usage error exits 2 (models.cli.fail)."""
     try:
         config = parse(argv)
         set_threads(config.threads)
         return config, run(config)
     except (ValueError, FileNotFoundError, DataNotFoundError, models.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return None
+        fail(str(err))
 
 
 def main(argv: list[str] | None = None) -> int:
-    done = run_from_args(parse_args, run_bench, argv)
-    if done is None:
-        return 2
-    config, result = done
+    config, result = run_from_args(parse_args, run_bench, argv)
     i = result.info
     print(f"machine: {machine_name(torch.device(config.device))}; torch {torch.__version__}")
     print(f"work: {config.model} on {config.samples} {config.dataset} images, {config.grid}x{config.grid} grid, "

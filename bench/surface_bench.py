@@ -226,10 +226,7 @@ def parse_args(argv: list[str] | None = None) -> SurfaceBenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    done = run_from_args(parse_args, run_bench, argv)
-    if done is None:
-        return 2
-    config, r = done
+    config, r = run_from_args(parse_args, run_bench, argv)
     s, m = config.sampling, r.summary
     print(f"machine: {machine_name(torch.device(config.device))}; torch {torch.__version__}")
     measured = f"{r.points} points" + (f" ({config.subgrid}x{config.subgrid} subgrid of {config.grid}x{config.grid})"
