@@ -6,10 +6,10 @@ for a few seconds on seeded synthetic images, scan both filter-normalized 2-D lo
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+from models.cli import fail
 from models.train import TrainConfig, train
 
 from .scan import ScanConfig, scan
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_demo(args.out, args.grid, args.epochs, args.device, args.progress)
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        fail(str(err))
     print(f"demo finished in {time.perf_counter() - start:.0f} s; open the .html files in a browser")
 
 

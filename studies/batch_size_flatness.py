@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.cli import fail
 from studies.cache import load_trained, run_path, split_size, trained_record
-from studies.common import fail, new_figure, parse_args, save_figure
+from studies.common import new_figure, parse_args, save_figure
 from studies.recipes import BATCH_SIZE_MODES, BatchSizeSettings, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import scan_run

@@ -11,6 +11,7 @@ from typing import Any
 
 
 from models import resolve_device
+from models.cli import fail
 from models.data import default_data_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,7 +104,7 @@ def parse_args(name: str, description: str, argv: list[str] | None = None,
     try:
         claim_out(out, mode_name, ns.overwrite)
     except TierConflictError as err:
-        p.exit(2, f"error: {err}\n")
+        fail(str(err))
     out.mkdir(parents=True, exist_ok=True)
     print(f"{name}: {mode_name} tier, writing {repo_relative(out)}/", file=sys.stderr)
     return StudyArgs(name, mode_name, out, ns.data_root or default_data_root(), str(resolve_device(ns.device)),
@@ -111,8 +112,6 @@ def parse_args(name: str, description: str, argv: list[str] | None = None,
                      ns.download)
 
 
-def fail(message: str) -> None:
-    sys.exit(f"error: {message}")
 
 
 def repo_relative(path: Path) -> str:

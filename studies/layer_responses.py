@@ -14,9 +14,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from models.cli import fail
 from models.data import DeviceData, load_device_data
 from studies.cache import load_trained, split_size, train_cached
-from studies.common import depth_color, fail, line_style, new_figure, parse_args, repo_relative, save_figure
+from studies.common import depth_color, line_style, new_figure, parse_args, repo_relative, save_figure
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
 from studies.stats import clearly_above, fmt_mean_sd, mean_sd

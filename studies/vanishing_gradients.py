@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.cli import fail
 import models
 from models.data import DATASETS, load_device_data
-from studies.common import depth_color, fail, line_style, new_figure, parse_args, save_figure
+from studies.common import depth_color, line_style, new_figure, parse_args, save_figure
 from studies.report import Timer, write_json, write_readme
 
 NAME = "vanishing_gradients"

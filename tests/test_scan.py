@@ -171,7 +171,7 @@ def test_two_rank_gloo_scan_equals_single_process(ckpts, reference, tmp_path):
 
 @pytest.mark.parametrize("spec, message", [
     ("-1:1", "expected START:STOP:NUM"), ("1:-1:5", "start must be below stop"),
-    ("a:b:c", "must be numbers"), ("-1:1:0", "positive whole number of points"),
+    ("a:b:c", "must be numbers"), ("-1:1:0", "NUM must be a positive integer (points of the grid"),
     ("-1:1:2.5", "whole number"),
 ])
 def test_bad_grid_specs_are_explained(spec, message, capsys):
