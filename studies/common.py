@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # The tiers a study runs in. "cpu" is the one whose results are committed under results/<study>/:
-# the strongest run two CPU cores can do in about an hour per study, on all of MNIST (60k/10k),
+# the strongest run two idle CPU cores can do in one to two hours per study, on all of MNIST (60k/10k),
 # with nets trained until the training loss plateaus and several seeds where differences are small.
 # "full" is the papers' settings (CIFAR-10, hundreds of epochs: a GPU), "quick" a few minutes of
 # qualitative trying-out, "smoke" seconds on synthetic data (the tests). Only the committed tier
