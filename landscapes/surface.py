@@ -7,13 +7,13 @@ previous complete version on disk. :func:`read_surface` also reads the reference
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from models.checkpoint import atomic_path, package_version
+from models.locking import LockHeldError, file_lock
 
 FORMAT = "resnet-toolkit/1"
 REFERENCE_FORMAT = "tomgoldstein/loss-landscape"
@@ -189,26 +190,16 @@ def write_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None, 
     return Path(path)
 
 
-class _FileLock:
-    """An advisory lock next to the output so two runs never write one surface at once
-    (the kernel drops it when a process dies, SIGKILL included)."""
-
-    def __init__(self, path: Path):
-        self.path = path.with_name(f".{path.name}.lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            raise SurfaceConflictError(f"another process is writing {path} (lock {self.path} is held); "
-                                       f"wait for it or choose another --out") from None
-
-    def release(self) -> None:
-        if not self.fh.closed:
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
-            self.fh.close()
+def _lock(path: Path) -> ExitStack:
+    """Hold :func:`models.locking.file_lock` on ``.<name>.lock`` beside ``path`` until the returned
+    stack is closed, so two runs never write one surface at once (the lock file is kept: deleting
+    it would let a waiter on the old inode and a newcomer both hold the lock)."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(file_lock(path.with_name(f".{path.name}.lock"), what="scan"))
+    except LockHeldError as err:
+        raise SurfaceConflictError(f"{err} (it is writing {path})") from None
+    return stack
 
 
 class SurfaceStore:
@@ -236,7 +227,7 @@ class SurfaceStore:
         self.flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
         self._dirty = False
-        self._lock: _FileLock | None = None
+        self._lock: ExitStack | None = None
         self._run: dict[str, Any] | None = None
 
     # -- opening -----------------------------------------------------------------------------
@@ -250,7 +241,7 @@ class SurfaceStore:
         :meth:`close` releases."""
         path = Path(path)
         identity = json.loads(json.dumps(dict(identity), sort_keys=True))
-        lock = _FileLock(path)
+        lock = _lock(path)
         try:
             for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
                 stale.unlink(missing_ok=True)
@@ -260,7 +251,7 @@ class SurfaceStore:
                 store._adopt(read_surface(path), identity)
             store._lock = lock
         except BaseException:
-            lock.release()
+            lock.close()
             raise
         return store
 
@@ -334,7 +325,7 @@ class SurfaceStore:
                 self.flush()
         finally:
             if self._lock is not None:
-                self._lock.release()
+                self._lock.close()
                 self._lock = None
 
     def __enter__(self) -> SurfaceStore:

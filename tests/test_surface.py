@@ -101,7 +101,7 @@ def test_store_refuses_reference_files_and_concurrent_writers(tmp_path):
         SurfaceStore.open(theirs, np.linspace(-1, 1, 3), None, ["train_loss"], {})
     path = tmp_path / "busy.h5"
     with SurfaceStore.open(path, np.linspace(-1, 1, 3), None, ["train_loss"], {}):
-        with pytest.raises(SurfaceConflictError, match="another process is writing"):
+        with pytest.raises(SurfaceConflictError, match="another scan is running here"):
             SurfaceStore.open(path, np.linspace(-1, 1, 3), None, ["train_loss"], {})
 
 
