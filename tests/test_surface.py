@@ -116,4 +116,4 @@ def test_flush_is_atomic_and_done_matches_values(tmp_path):
             assert s.done.sum() == k + 1
             np.testing.assert_array_equal(s.values["train_loss"][s.done], np.arange(1, k + 2))
             assert np.isnan(s.values["train_loss"][~s.done]).all()
-    assert not list(tmp_path.glob(".s.h5.tmp-*")) and not list(tmp_path.glob(".s.h5.lock"))
+    assert not list(tmp_path.glob(".s.h5.tmp-*"))  # the lock file stays (models.locking: deleting it races)
