@@ -39,6 +39,9 @@ def open_hdf5(path: str | os.PathLike, kind: str) -> h5py.File:
     """``path`` opened for reading, or an error that names the ``kind`` of file expected
     (surface, direction, trajectory) instead of h5py's own."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise ValueError(f"{kind} file {str(path)!r} is {what}; give the path of a file")
     if not path.is_file():
         raise FileNotFoundError(f"{kind} file {str(path)!r} does not exist")
     try:
@@ -105,6 +108,17 @@ def read_surface(path: str | os.PathLike) -> Surface:
     in ``*_loss``/``*_acc``/``*_err`` values becomes NaN.
     """
     path = Path(path)
+    try:
+        return _read_surface(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, KeyError, RuntimeError) as err:  # h5py: checksum mismatch, truncated or garbled blocks
+        raise ValueError(f"{path} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                         f"its values cannot be trusted: move it away, or rerun with --force to recompute "
+                         f"it") from None
+
+
+def _read_surface(path: Path) -> Surface:
     with open_hdf5(path, "surface") as f:
         if "xcoordinates" not in f:
             kind = "a direction file" if "xdirection" in f else "not a surface file"
@@ -147,20 +161,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _dataset(f: h5py.File, name: str, data: np.ndarray) -> None:
+    """A chunked dataset with HDF5's Fletcher32 checksum per chunk: a flipped bit in the file
+    then fails the read instead of handing back a wrong value that a resume would adopt."""
+    f.create_dataset(name, data=data, chunks=True if data.size else None, fletcher32=bool(data.size))
+
+
 def _write_file(path: Path, x: np.ndarray, y: np.ndarray | None, values: Mapping[str, np.ndarray],
                 done: np.ndarray, point_seconds: np.ndarray | None, attrs: Mapping[str, Any], dir_file: str) -> None:
     """Write a complete file under a temporary name, fsync, rename over ``path``."""
     shape = (len(x),) if y is None else (len(y), len(x))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f["xcoordinates"] = x
+            _dataset(f, "xcoordinates", x)
             if y is not None:
-                f["ycoordinates"] = y
+                _dataset(f, "ycoordinates", y)
             for name, v in values.items():
-                f[name] = np.asarray(v, dtype=np.float64).reshape(shape)
-            f["done"] = np.asarray(done, dtype=bool).reshape(shape)
+                _dataset(f, name, np.asarray(v, dtype=np.float64).reshape(shape))
+            _dataset(f, "done", np.asarray(done, dtype=bool).reshape(shape))
             if point_seconds is not None:
-                f["point_seconds"] = np.asarray(point_seconds, dtype=np.float64).reshape(shape)
+                _dataset(f, "point_seconds", np.asarray(point_seconds, dtype=np.float64).reshape(shape))
             f["dir_file"] = dir_file  # a scalar string dataset, as the reference writes it
             for k, v in attrs.items():
                 f.attrs[k] = _encode(v, k)
