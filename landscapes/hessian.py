@@ -28,7 +28,7 @@ from models.data import DATASETS
 from .directions import IGNORES, NORMS, State
 from .grid import AXIS_HELP, axis_arg, glue_grid_args, grid_coords
 from .reference import point_state
-from .scan import ScanConfig, prepare_scan
+from .scan import ScanConfig, prepare_scan, resolve_config
 from .surface import Surface, SurfaceStore, read_surface
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -399,8 +399,8 @@ def hessian_scan(config: HessianScanConfig) -> Surface:
     Model, data, directions and grid come from :func:`landscapes.scan.prepare_scan`, so a map made
     with the same --checkpoint/--dir-file/--x/--y lies on exactly the plane of the loss surface.
     """
-    cfg, hcfg = config.scan, config.hessian
-    setup = prepare_scan(cfg)
+    setup = prepare_scan(config.scan)
+    cfg, hcfg = setup.config, config.hessian
     hess = {k: getattr(hcfg, k) for k in ("method", "params", "tol", "max_iter", "dtype", "seed", "batch_size")}
     identity = {k: v for k, v in setup.identity.items() if k not in _LOSS_ONLY} | {"hessian": hess}
     attrs = {k: v for k, v in setup.attrs.items() if k not in _LOSS_ONLY} | {
@@ -434,20 +434,20 @@ def build_parser():
                                             "(values max_eig, min_eig; plot with python -m landscapes.plot).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model, data, grid (as landscapes.scan)")
-    g.add_argument("--model", default="resnet56")
+    g.add_argument("--model", help="default: the checkpoint's, else resnet56")
     g.add_argument("--noshort", action="store_true")
     g.add_argument("--checkpoint", help="trained weights (default: runs/<model>_<dataset>/final.pt)")
-    g.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
-    g.add_argument("--data-root", default="data")
+    g.add_argument("--dataset", choices=list(DATASETS), help="default: the checkpoint's, else cifar10")
+    g.add_argument("--data-root", help="default: $RESNET_TOOLKIT_DATA, else the checkpoint's, else ./data")
     g.add_argument("--split", default="train", choices=("train", "test"))
     g.add_argument("--samples", type=int, default=256, help="fixed subset: the first N images of the split")
     g.add_argument("--x", type=axis_arg("x"), default="-1:1:11", help=AXIS_HELP)
     g.add_argument("--y", type=axis_arg("y"), help="as --x; omit for a 1-D map")
-    g.add_argument("--xnorm", default="filter", choices=NORMS)
-    g.add_argument("--xignore", default="biasbn", choices=IGNORES)
-    g.add_argument("--ynorm", default="filter", choices=NORMS)
-    g.add_argument("--yignore", default="biasbn", choices=IGNORES)
-    g.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    g.add_argument("--xnorm", choices=NORMS)
+    g.add_argument("--xignore", choices=IGNORES)
+    g.add_argument("--ynorm", choices=NORMS)
+    g.add_argument("--yignore", choices=IGNORES)
+    g.add_argument("--seed", type=int, help="seed of the random directions")
     g.add_argument("--dir-file", help="direction file to reuse (e.g. the loss scan's), or to create")
     g.add_argument("--device", default="auto")
     g.add_argument("--out", help="surface file (default: results/surfaces/<model>_<dataset>_<grid>_hessian.h5)")
@@ -478,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                               xnorm=args.xnorm, xignore=args.xignore, ynorm=args.ynorm, yignore=args.yignore,
                               seed=args.seed, dir_file=args.dir_file, device=args.device, out=args.out,
                               force=args.force, progress=args.progress)
+        scan_cfg = resolve_config(scan_cfg)  # the checkpoint's model and data name the default output
         if args.out is None:
             default = scan_cfg.out_path
             scan_cfg = replace(scan_cfg, out=str(default.with_name(f"{default.stem}_hessian.h5")))

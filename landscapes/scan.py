@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from models import load_checkpoint, resolve_device, resolve_name
-from models.checkpoint import package_version, sha256
-from models.data import DATASETS, DeviceData, load_device_data
+from models import load_checkpoint, read_checkpoint, resolve_device, resolve_name
+from models.checkpoint import normalization_of, package_version, sha256
+from models.data import (DATA_ENV, DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data,
+                         normalization_constants)
 from models.registry import parse_key_values  # one parser for KEY=VALUE options across CLIs
 from models.train import TrainConfig
 
@@ -41,6 +42,9 @@ __all__ = ["Axis", "parse_axis", "ScanConfig", "ScanResult", "ScanSetup", "prepa
            "main", "grid_coords", "axis_arg", "glue_grid_args", "AXIS_HELP", "SPLITS"]
 
 SPLITS = ("train", "test", "both")
+DEFAULT_MODEL, DEFAULT_DATASET = "resnet56", "cifar10"  # only without a checkpoint that says otherwise
+# Direction options an existing direction file decides (given ones must agree with it).
+DIRECTION_OPTIONS = ("xnorm", "xignore", "ynorm", "yignore", "seed", "orthogonalize")
 # EvalInfo fields that describe how every chunk ran (not one chunk's timing).
 _INFO_ATTRS = ("engine", "device", "dtype", "bn_mode", "images", "batch_size", "points_per_pass", "folded_bn",
                "traced", "notices", "workers", "fused")
@@ -61,24 +65,26 @@ class ScanConfig:
     work, flushed and gathered together (None: from the grid, or the existing file's).
     """
 
-    model: str = "resnet56"
+    model: str | None = None           # None: the checkpoint's, else DEFAULT_MODEL
     noshort: bool = False
     checkpoint: str | None = None
     model2: str | None = None
-    dataset: str = "cifar10"
-    data_root: str = "data"
+    dataset: str | None = None         # None: the checkpoint's, else DEFAULT_DATASET
+    data_root: str | None = None       # None: $RESNET_TOOLKIT_DATA, else the checkpoint's if present, else ./data
+    normalization: str | None = None   # input constants (models.data.NORMALIZATIONS); None: the checkpoint's
     data_kwargs: Mapping[str, Any] | None = None
     split: str = "train"
     samples: int | None = None
     x: Axis | str = "-1:1:51"
     y: Axis | str | None = None
     dir_type: str | None = None
-    xnorm: str = "filter"
-    xignore: str = "biasbn"
-    ynorm: str = "filter"
-    yignore: str = "biasbn"
-    seed: int = 0
-    orthogonalize: bool = False
+    # None: an existing dir_file's values, else DirectionConfig's defaults (a given value must match the file)
+    xnorm: str | None = None
+    xignore: str | None = None
+    ynorm: str | None = None
+    yignore: str | None = None
+    seed: int | None = None
+    orthogonalize: bool | None = None
     same_dir: bool = False
     dir_file: str | None = None
     batch_size: int | None = None
@@ -103,8 +109,9 @@ class ScanConfig:
         object.__setattr__(self, "y", None if self.y is None else parse_axis(self.y, "y"))
         if self.data_kwargs is not None:
             object.__setattr__(self, "data_kwargs", dict(self.data_kwargs))
-        resolve_name(self.model, self.noshort)  # unknown names fail here, with suggestions
-        if self.dataset not in DATASETS:
+        if self.model is not None:
+            resolve_name(self.model, self.noshort)  # unknown names fail here, with suggestions
+        if self.dataset is not None and self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS)}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {self.split!r}")
@@ -118,6 +125,12 @@ class ScanConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if self.flush_seconds < 0:
             raise ValueError(f"flush_seconds must be >= 0, got {self.flush_seconds}")
+        if self.normalization is not None and self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {self.normalization!r}")
+        if self.dir_file is not None and self.out is not None and \
+                Path(self.dir_file).resolve() == Path(self.out).resolve():
+            raise ValueError(f"--out and --dir-file name the same file {self.out}: the surface would overwrite its "
+                             f"directions; give them different names")
         self.directions  # noqa: B018  (validates norms, ignores, seed, same_dir/orthogonalize)
         self.eval_config  # noqa: B018  (validates engine, dtype, bn mode, batch sizes)
         if self.sampling is not None:
@@ -125,7 +138,11 @@ class ScanConfig:
 
     @property
     def model_name(self) -> str:
-        return resolve_name(self.model, self.noshort)
+        return resolve_name(self.model or DEFAULT_MODEL, self.noshort)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset or DEFAULT_DATASET
 
     @property
     def ndim(self) -> int:
@@ -133,8 +150,10 @@ class ScanConfig:
 
     @property
     def directions(self) -> DirectionConfig:
-        return DirectionConfig(self.dir_type or ("states" if self.model2 else "weights"), self.xnorm, self.xignore,
-                               self.ynorm, self.yignore, self.ndim, self.seed, self.orthogonalize, self.same_dir)
+        """The directions to draw: the given options, DirectionConfig's defaults for those left out."""
+        given = {k: getattr(self, k) for k in DIRECTION_OPTIONS if getattr(self, k) is not None}
+        return replace(DirectionConfig(self.dir_type or ("states" if self.model2 else "weights"), ndim=self.ndim,
+                                       same_dir=self.same_dir), **given)
 
     @property
     def eval_config(self) -> EvalConfig:
@@ -155,7 +174,7 @@ class ScanConfig:
         grid = f"{x.num}" if y is None else f"{x.num}x{y.num}"
         ranges = [f"{a.start:g}_{a.stop:g}" for a in (x, y) if a is not None and (a.start, a.stop) != (-1, 1)]
         tag = ("interp_" if self.model2 else "") + grid + "".join(f"_{r}" for r in ranges)
-        return Path("results") / "surfaces" / f"{self.model_name}_{self.dataset}_{tag}.h5"
+        return Path("results") / "surfaces" / f"{self.model_name}_{self.dataset_name}_{tag}.h5"
 
     @property
     def dir_path(self) -> Path:
@@ -175,6 +194,7 @@ class ScanResult:
     points_computed: int
     seconds: float
     plots: list[Path] = field(default_factory=list)
+    nonfinite: int = 0  # computed points whose loss is NaN or inf (the model diverges there)
 
 
 def _world() -> tuple[int, int]:
@@ -257,6 +277,8 @@ def compute_surface(model: nn.Module, directions: Sequence[State], x: np.ndarray
             mine = chunks[first + rank] if first + rank < len(chunks) else np.arange(0)
             index, values, seconds, chunk_info = _compute_chunk(evaluators, x, y, mine)
             info = chunk_info or info
+            if info is not None:  # this run's settings travel with its points (a resume may differ)
+                store.note_run(eval=_info_attrs(info))
             gathered = [(index, values, seconds)]
             if world > 1:
                 gathered = [None] * world
@@ -268,11 +290,25 @@ def compute_surface(model: nn.Module, directions: Sequence[State], x: np.ndarray
     finally:
         bar.close()
     if info is not None and rank == 0:
-        store.attrs.update({k: v for k, v in info.attrs().items() if k.removeprefix("eval_") in _INFO_ATTRS})
+        store.attrs.update(_runs_info(store.attrs.get("history") or [], _info_attrs(info)))
         if eval_config.dtype != "float32" and eval_config.deviation_points > 0:
             store.attrs.update(_deviation(evaluators, store, x, y, eval_config.deviation_points))
         store.flush()
     return store.surface()
+
+
+def _info_attrs(info: EvalInfo) -> dict[str, Any]:
+    return {k: v for k, v in info.attrs().items() if k.removeprefix("eval_") in _INFO_ATTRS}
+
+
+MIXED = "mixed: per run in history"
+
+
+def _runs_info(history: Sequence[Mapping[str, Any]], last: Mapping[str, Any]) -> dict[str, Any]:
+    """The surface-wide engine attributes: a setting shared by every run that computed points,
+    else :data:`MIXED` (each run's own settings stay in its history entry)."""
+    runs = [h["eval"] for h in history if h.get("points") and isinstance(h.get("eval"), Mapping)] or [last]
+    return {k: v if all(r.get(k) == v for r in runs) else MIXED for k, v in last.items()}
 
 
 def _compute_chunk(evaluators: Mapping[str, Evaluator], x: np.ndarray, y: np.ndarray | None, index: np.ndarray
@@ -308,11 +344,11 @@ def _deviation(evaluators: Mapping[str, Evaluator], store: SurfaceStore, x: np.n
 # --------------------------------------------------------------------------------------------
 
 def _train_command(config: ScanConfig) -> str:
-    parts = ["python -m models.train", f"--model {config.model}"]
+    parts = ["python -m models.train", f"--model {config.model or DEFAULT_MODEL}"]
     if config.noshort:
         parts.append("--noshort")
-    parts.append(f"--dataset {config.dataset}")
-    if config.dataset != "synthetic":
+    parts.append(f"--dataset {config.dataset_name}")
+    if config.dataset_name != "synthetic" and config.data_root not in (None, default_data_root()):
         parts.append(f"--data-root {config.data_root}")
     parts += [f"--data-kw {k}={v}" for k, v in (config.data_kwargs or {}).items()]
     return " ".join(parts)
@@ -320,7 +356,8 @@ def _train_command(config: ScanConfig) -> str:
 
 def default_checkpoint(config: ScanConfig) -> Path:
     """Where ``models.train`` puts the final weights of this model and data set by default."""
-    return TrainConfig(model=config.model, noshort=config.noshort, dataset=config.dataset).out_dir / "final.pt"
+    return TrainConfig(model=config.model or DEFAULT_MODEL, noshort=config.noshort,
+                       dataset=config.dataset_name).out_dir / "final.pt"
 
 
 def _resolve_checkpoint(config: ScanConfig) -> Path:
@@ -336,6 +373,53 @@ def _resolve_checkpoint(config: ScanConfig) -> Path:
             f"be meaningless. Train one first:\n    {_train_command(config)}\n"
             f"(it writes {path}; add --epochs N for a shorter run), or pass --checkpoint FILE.")
     return path
+
+
+def resolve_config(config: ScanConfig) -> ScanConfig:
+    """``config`` with every option it leaves out (None) taken from what its checkpoint records:
+    model, dataset, normalization (:func:`models.checkpoint.normalization_of`); then the defaults
+    (resnet56, cifar10, torchvision constants). The data root: the given one, else
+    $RESNET_TOOLKIT_DATA, else the checkpoint's if that folder exists here, else ./data. A given
+    model or dataset that contradicts the checkpoint raises ValueError naming both values."""
+    path = Path(config.checkpoint) if config.checkpoint is not None else default_checkpoint(config)
+    meta = read_checkpoint(path)["meta"] if path.is_file() else {}
+    trained = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    model, noshort = config.model, config.noshort
+    recorded = meta.get("model")
+    if recorded is not None:
+        given = None if model is None else resolve_name(model, noshort)
+        if given is None and noshort and not recorded.endswith("_noshort"):
+            given = f"{recorded} --noshort"
+        if given is not None and given != recorded:
+            raise ValueError(f"--model {given!r} contradicts the checkpoint {path}, which holds a {recorded!r}: drop "
+                             f"--model/--noshort (the checkpoint's is the default) or pick the matching checkpoint")
+        model, noshort = recorded, False
+    dataset = trained.get("dataset") or meta.get("dataset")
+    if config.dataset is not None and dataset is not None and config.dataset != dataset:
+        raise ValueError(f"--dataset {config.dataset!r} contradicts the checkpoint {path}, which was trained on "
+                         f"{dataset!r}: drop --dataset (the checkpoint's is the default) or pick another checkpoint")
+    dataset = config.dataset or dataset or DEFAULT_DATASET
+    recorded_root = trained.get("data_root")
+    root = (config.data_root or os.environ.get(DATA_ENV)
+            or (recorded_root if recorded_root and Path(recorded_root).is_dir() else None) or default_data_root())
+    normalization = config.normalization
+    if normalization is None:
+        normalization = normalization_of(meta) if path.is_file() else "torchvision"
+        try:
+            normalization_constants(dataset, normalization)
+        except ValueError:  # the original constants exist only for CIFAR-10
+            normalization = "torchvision"
+    return replace(config, model=model or DEFAULT_MODEL, noshort=noshort, dataset=dataset, data_root=str(root),
+                   normalization=normalization)
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse NaN/inf up front: every point of the surface would be NaN, and silently so."""
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{what} hold NaN or inf values in {len(bad)} tensors ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): not finite, so every loss would be NaN; fix or "
+                         f"replace the file")
 
 
 def _device(config: ScanConfig, world: int) -> torch.device:
@@ -355,7 +439,9 @@ def _load_data(config: ScanConfig, meta: Mapping[str, Any], num_classes: int, in
     if data_kwargs is None:
         trained = meta.get("config", {}) if isinstance(meta.get("config"), Mapping) else {}
         data_kwargs = dict(trained.get("data_kwargs") or {}) if trained.get("dataset") == config.dataset else {}
-    data = {split: load_device_data(config.dataset, config.data_root, split, config.samples, "cpu", **data_kwargs)
+    # scan has no --download: the message must not offer it
+    data = {split: load_device_data(config.dataset, config.data_root, split, config.samples, "cpu",
+                                    normalization=config.normalization, offer_download=False, **data_kwargs)
             for split in config.splits}
     for split, d in data.items():
         if d.x.shape[1] != in_channels:
@@ -370,7 +456,9 @@ def _load_data(config: ScanConfig, meta: Mapping[str, Any], num_classes: int, in
 def _directions(config: ScanConfig, model: nn.Module, model2: nn.Module | None
                 ) -> tuple[list[State], dict[str, Any]]:
     """Reuse an existing --dir-file, else draw the directions (all ranks alike); ``meta["save"]``
-    then holds the attributes to save them with (done once the output file is known to be ours)."""
+    then holds the attributes to save them with (done once the output file is known to be ours).
+    ``meta["options"]`` holds the direction options that made them (the file's own when reused;
+    None where a reference-project file does not say)."""
     path = config.dir_path
     dconf = config.directions
     if config.dir_file is not None and path.is_file():
@@ -381,15 +469,33 @@ def _directions(config: ScanConfig, model: nn.Module, model2: nn.Module | None
         if info["ndim"] < config.ndim:
             raise ValueError(f"direction file {path} holds only an x direction (it was made for a 1-D scan); a "
                              f"2-D scan needs ydirection too: pass a new --dir-file (it will be created) or drop --y")
+        own = {k: v.item() if isinstance(v, np.generic) else v for k, v in info["attrs"].items()}
+        own = {k: v for k, v in own.items() if isinstance(v, (str, int, float, bool))}
+        if own.get("model") not in (None, "", config.model_name):
+            raise ValueError(f"direction file {path} was made for model {own['model']!r}, not {config.model_name!r} "
+                             f"(same tensor shapes, other network): use that model's checkpoint, or another "
+                             f"--dir-file")
+        options = {k: own.get(k) for k in DIRECTION_OPTIONS}
+        clash = [f"--{k.replace('_', '-')} {getattr(config, k)} vs {options[k]} in the file"
+                 for k in DIRECTION_OPTIONS if getattr(config, k) is not None and options[k] is not None
+                 and getattr(config, k) != options[k]]
+        if clash:
+            raise ValueError(f"the existing direction file {path} was made with other options "
+                             f"({'; '.join(clash)}): drop those options (the file decides), or name a new --dir-file")
+        unknown = [k for k in DIRECTION_OPTIONS if getattr(config, k) is not None and options[k] is None]
+        if unknown:
+            print(f"notice: {path} does not record {', '.join(unknown)} (a reference-project file?); the given "
+                  f"{', '.join('--' + k for k in unknown)} could not be checked and do not change its directions",
+                  file=sys.stderr)
         dir_type = resolve_dir_type(path, model, config.dir_type)
         directions = load_directions(path, model, dir_type)[:config.ndim]
-        own = {k: v for k, v in info["attrs"].items() if isinstance(v, (str, int, float, bool))}
         meta = {"directions_source": "file" if own else "file (reference project)", "dir_type": dir_type,
-                "directions_meta": own}
+                "directions_meta": own, "options": options}
         return directions, meta
     directions = create_directions(model, dconf, target=model2)
     meta = {"directions_source": "target" if model2 is not None else "random", "dir_type": dconf.dir_type,
-            "directions_meta": {k: v for k, v in asdict(dconf).items()}}
+            "directions_meta": {k: v for k, v in asdict(dconf).items()},
+            "options": {k: getattr(dconf, k) for k in DIRECTION_OPTIONS}}
     if not (path.is_file() and _file_digest(path) == directions_digest(directions)):
         meta["save"] = {"source": meta["directions_source"], "model": config.model_name, **asdict(dconf)}
     return directions, meta
@@ -437,6 +543,13 @@ class ScanSetup:
         """Write newly drawn directions to ``config.dir_path`` (a no-op for a reused file). Call
         it once the output file is known to be yours: a refused run must leave files alone."""
         if "save" in self.dir_meta:
+            path = self.config.dir_path
+            if path.exists() and not self.config.force:  # never replace a direction file silently
+                raise ValueError(f"direction file {path} exists and holds other directions; it is left untouched: "
+                                 f"reuse it with --dir-file {path}, or pass another --dir-file (or --force to "
+                                 f"replace it)")
+            if path.exists():
+                print(f"notice: --force: replacing the direction file {path}", file=sys.stderr)
             save_directions(self.config.dir_path, self.directions, self.model, self.dir_meta["dir_type"],
                             meta=self.dir_meta["save"])
 
@@ -451,7 +564,9 @@ class ScanSetup:
 
 def prepare_scan(config: ScanConfig) -> ScanSetup:
     """Resolve the checkpoint (never a random initialization), load model and data, reuse or draw
-    the directions, and describe the scan (identity and attributes). Touches no output file."""
+    the directions, and describe the scan (identity and attributes). Touches no output file.
+    Options left out are resolved first (:func:`resolve_config`); ``ScanSetup.config`` is the result."""
+    config = resolve_config(config)
     _, world = _world()
     device = _device(config, world)
     if config.dtype == "tf32" and device.type != "cuda":
@@ -459,6 +574,7 @@ def prepare_scan(config: ScanConfig) -> ScanSetup:
     ck_path = _resolve_checkpoint(config)
     model, meta = load_checkpoint(ck_path, name=config.model_name)
     model.eval()
+    _check_finite(model.state_dict(), f"the weights of {ck_path}")
     spec_kwargs = dict(model.spec.kwargs)
     data, data_kwargs = _load_data(config, meta, spec_kwargs.get("num_classes", 10), spec_kwargs.get("in_channels", 3))
     model2 = ck2_sha = None
@@ -467,7 +583,11 @@ def prepare_scan(config: ScanConfig) -> ScanSetup:
             raise FileNotFoundError(f"--model2 checkpoint {config.model2!r} does not exist")
         model2, _ = load_checkpoint(config.model2, name=config.model_name)
         ck2_sha = sha256(config.model2)
+    if model2 is not None:
+        _check_finite(model2.state_dict(), f"the weights of {config.model2}")
     directions, dir_meta = _directions(config, model, model2)
+    for axis, direction in zip("xy", directions):
+        _check_finite(direction, f"the {axis} direction ({dir_meta['directions_source']}, {config.dir_path})")
     digest = directions_digest(directions)
     identity = {
         "model": config.model_name, "model_kwargs": spec_kwargs, "checkpoint_sha256": sha256(ck_path),
@@ -488,9 +608,8 @@ def prepare_scan(config: ScanConfig) -> ScanSetup:
         "checkpoint_sha256": identity["checkpoint_sha256"], "model2": config.model2 or "",
         "model2_sha256": ck2_sha or "", "dataset": config.dataset, "data_root": str(config.data_root),
         "data_kwargs": data_kwargs, "split": config.split, "samples": config.samples if config.samples else 0,
-        "num_samples": {s: len(d) for s, d in data.items()}, "seed": config.seed, "dir_type": dir_meta["dir_type"],
-        "xnorm": config.xnorm, "xignore": config.xignore, "ynorm": config.ynorm, "yignore": config.yignore,
-        "orthogonalize": config.orthogonalize, "same_dir": config.same_dir, "directions_sha256": digest,
+        "num_samples": {s: len(d) for s, d in data.items()}, "normalization": config.normalization,
+        "dir_type": dir_meta["dir_type"], **dir_meta["options"], "same_dir": config.same_dir, "directions_sha256": digest,
         "directions_source": dir_meta["directions_source"], "directions_meta": dir_meta["directions_meta"],
         "directions_cosine": np.nan if cos is None else cos, "dtype": config.dtype, "bn_mode": config.bn,
         "eval_config": asdict(config.eval_config), "device": str(device), "world_size": world,
@@ -511,6 +630,7 @@ def scan(config: ScanConfig) -> ScanResult:
     start = time.perf_counter()
     rank, world = _world()
     setup = prepare_scan(config)
+    config = setup.config  # options left out, resolved from the checkpoint
     if world > 1:
         digests: list[Any] = [None] * world
         dist.all_gather_object(digests, setup.identity["directions_sha256"])
@@ -560,7 +680,20 @@ def scan(config: ScanConfig) -> ScanResult:
     plots = _plot(out) if config.plot and rank == 0 else []
     if rank == 0 and out.exists():
         surface = read_surface(out)
-    return ScanResult(out, surface, config.dir_path, todo_before, time.perf_counter() - start, plots)
+    nonfinite = _count_nonfinite(surface)
+    if nonfinite and rank == 0:
+        print(f"warning: the loss is not finite (NaN or inf) at {nonfinite} of {int(surface.done.sum())} points of "
+              f"{out}: the model diverges there (a smaller --x/--y range stays where it is defined)", file=sys.stderr)
+    return ScanResult(out, surface, config.dir_path, todo_before, time.perf_counter() - start, plots, nonfinite)
+
+
+def _count_nonfinite(surface: Surface) -> int:
+    """Computed points where some split's loss is NaN or inf."""
+    if surface.done is None:
+        return 0
+    losses = [v for k, v in surface.values.items() if k.endswith("_loss")]
+    bad = np.logical_or.reduce([~np.isfinite(v) for v in losses]) if losses else np.zeros_like(surface.done)
+    return int((bad & surface.done).sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,13 +704,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m landscapes.scan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=ScanConfig.model, help="registry name (python -m models.summary --list)")
+    g.add_argument("--model", help="registry name (python -m models.summary --list; default: the checkpoint's, "
+                   f"else {DEFAULT_MODEL})")
     g.add_argument("--noshort", action="store_true", help="the model without skip connections")
     g.add_argument("--checkpoint", help="trained weights (default: runs/<model>_<dataset>/final.pt)")
     g.add_argument("--model2", help="second checkpoint: x = model2 - model, a 1-D interpolation")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=ScanConfig.dataset, choices=list(DATASETS))
-    g.add_argument("--data-root", default=ScanConfig.data_root)
+    g.add_argument("--dataset", choices=list(DATASETS), help=f"default: the checkpoint's, else {DEFAULT_DATASET}")
+    g.add_argument("--data-root", help=f"default: ${DATA_ENV}, else the checkpoint's if it exists here, else ./data")
+    g.add_argument("--normalization", choices=NORMALIZATIONS,
+                   help="input constants (default: the checkpoint's; loss-landscape for the original format)")
     g.add_argument("--data-kw", action="append", default=None, metavar="KEY=VALUE",
                    help="synthetic data option (default: as the checkpoint was trained)")
     g.add_argument("--split", default=ScanConfig.split, choices=SPLITS)
@@ -587,12 +723,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--y", type=axis_arg("y"), help="as --x; omit for a 1-D scan")
     g.add_argument("--dir-type", choices=DIR_TYPES, help="weights, or states (BN statistics too); "
                    "default: states with --model2, else weights")
-    g.add_argument("--xnorm", default=ScanConfig.xnorm, choices=NORMS)
-    g.add_argument("--xignore", default=ScanConfig.xignore, choices=IGNORES)
-    g.add_argument("--ynorm", default=ScanConfig.ynorm, choices=NORMS)
-    g.add_argument("--yignore", default=ScanConfig.yignore, choices=IGNORES)
-    g.add_argument("--seed", type=int, default=ScanConfig.seed, help="seed of the random directions")
-    g.add_argument("--orthogonalize", action="store_true", help="make y orthogonal to x (per filter)")
+    dflt = DirectionConfig()  # an existing --dir-file decides these; a value given must agree with it
+    g.add_argument("--xnorm", choices=NORMS, help=f"default: {dflt.xnorm}")
+    g.add_argument("--xignore", choices=IGNORES, help=f"default: {dflt.xignore}")
+    g.add_argument("--ynorm", choices=NORMS, help=f"default: {dflt.ynorm}")
+    g.add_argument("--yignore", choices=IGNORES, help=f"default: {dflt.yignore}")
+    g.add_argument("--seed", type=int, help=f"seed of the random directions (default: {dflt.seed})")
+    g.add_argument("--orthogonalize", action="store_true", default=None, help="make y orthogonal to x (per filter)")
     g.add_argument("--same-dir", action="store_true", help="y = x")
     g.add_argument("--dir-file", help="direction file to reuse, or to create (default: <out>_dirs.h5)")
     g = p.add_argument_group("evaluation")
@@ -669,6 +806,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if started:
             dist.destroy_process_group()
         sys.exit(2)
+    except OSError as err:  # e.g. a full disk: the message says what is on disk and how to go on
+        print(f"error: {err}", file=sys.stderr)
+        if started:
+            dist.destroy_process_group()
+        sys.exit(1)
     except KeyboardInterrupt:  # the points computed so far were flushed on the way out
         print("interrupted: run the same command again to compute the remaining points", file=sys.stderr)
         sys.exit(130)
@@ -688,6 +830,9 @@ def main(argv: Sequence[str] | None = None) -> None:
               + (f"; cos(x, y) = {s.attrs['directions_cosine']:.2g}" if s.y is not None else ""))
         for plot in result.plots:
             print(f"plot: {plot}")
+        if result.nonfinite and result.nonfinite == int(s.done.sum()):
+            print(f"error: the loss is not finite at all {result.nonfinite} points: nothing to plot", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ JSON_ATTRS = frozenset({"identity", "history", "model_kwargs", "data_kwargs", "e
                         "num_samples"})
 _RESERVED = frozenset({"xcoordinates", "ycoordinates", "dir_file", "done", "point_seconds"})
 
-__all__ = ["Surface", "SurfaceStore", "SurfaceConflictError", "read_surface", "write_surface", "FORMAT",
+__all__ = ["Surface", "SurfaceStore", "SurfaceConflictError", "SurfaceWriteError", "available_memory", "read_surface", "write_surface", "FORMAT",
            "REFERENCE_FORMAT"]
 
 
@@ -52,6 +52,18 @@ def open_hdf5(path: str | os.PathLike, kind: str) -> h5py.File:
 
 class SurfaceConflictError(ValueError):
     """An existing surface file was computed with other arguments (or is not ours)."""
+
+
+class SurfaceWriteError(OSError):
+    """A surface could not be written (full disk, ...); the message says what is on disk."""
+
+
+def available_memory() -> int:
+    """Bytes of physical memory of this machine (the ceiling for a grid's in-memory arrays)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
 
 
 @dataclass
@@ -238,6 +250,11 @@ class SurfaceStore:
         self.y = None if y is None else np.asarray(y, dtype=np.float64)
         self.shape = (len(self.x),) if self.y is None else (len(self.y), len(self.x))
         n = math.prod(self.shape)
+        need = n * (8 * (len(names) + 1) + 1) * 2  # values, seconds, done; a copy of each when written
+        if need > available_memory():
+            raise ValueError(f"a grid of {n:,} points with {len(names)} values needs about {need / 2**30:.3g} GiB of "
+                             f"memory for its arrays, more than this machine's {available_memory() / 2**30:.3g} GiB: "
+                             f"use fewer points per axis")
         self.values = {name: np.full(n, np.nan) for name in names}
         self.done = np.zeros(n, dtype=bool)
         self.point_seconds = np.full(n, np.nan)
@@ -247,6 +264,7 @@ class SurfaceStore:
         self.flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
         self._dirty = False
+        self._flushed = 0  # points in the last version written
         self._lock: ExitStack | None = None
         self._run: dict[str, Any] | None = None
 
@@ -260,8 +278,16 @@ class SurfaceStore:
         unless ``force`` (it is then replaced at the first flush, not before). Takes a lock that
         :meth:`close` releases."""
         path = Path(path)
+        if path.exists() and not path.is_file():
+            what = "a directory" if path.is_dir() else "not a regular file"
+            raise ValueError(f"output {str(path)!r} is {what}; give the path of a surface file (e.g. {path.name}.h5 "
+                             f"in a folder of yours)")
         identity = json.loads(json.dumps(dict(identity), sort_keys=True))
-        lock = _lock(path)
+        try:
+            lock = _lock(path)
+        except PermissionError as err:
+            raise ValueError(f"cannot write {path}: permission denied on {err.filename or path.parent}; choose a "
+                             f"writable --out") from None
         try:
             for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
                 stale.unlink(missing_ok=True)
@@ -292,6 +318,7 @@ class SurfaceStore:
         for name in self.values:
             self.values[name] = old.values[name].reshape(-1).copy()
         self.done = old.done.reshape(-1).copy()
+        self._flushed = int(self.done.sum())
         if isinstance(old.attrs.get("point_seconds"), np.ndarray):
             self.point_seconds = old.attrs["point_seconds"].reshape(-1).copy()
         for k, v in old.attrs.items():
@@ -306,6 +333,11 @@ class SurfaceStore:
                      "points": 0, "seconds": 0.0, **info}
         self.attrs.setdefault("history", [])
         self.attrs["history"] = list(self.attrs["history"]) + [self._run]
+
+    def note_run(self, **info: Any) -> None:
+        """Add ``info`` (e.g. the engine settings) to this run's history entry (no-op outside a run)."""
+        if self._run is not None:
+            self._run.update(info)
 
     def record(self, index: np.ndarray, values: Mapping[str, np.ndarray], seconds_per_point: float,
                done: np.ndarray | bool = True) -> None:
@@ -333,8 +365,16 @@ class SurfaceStore:
         self.attrs["points_total"] = int(self.done.size)
         self.attrs["seconds_per_point"] = float(spent.mean()) if spent.size else float("nan")
         self.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        _write_file(self.path, self.x, self.y, {k: v.reshape(self.shape) for k, v in self.values.items()},
-                    self.done.reshape(self.shape), self.point_seconds.reshape(self.shape), self.attrs, self.dir_file)
+        try:
+            _write_file(self.path, self.x, self.y, {k: v.reshape(self.shape) for k, v in self.values.items()},
+                        self.done.reshape(self.shape), self.point_seconds.reshape(self.shape), self.attrs,
+                        self.dir_file)
+        except OSError as err:
+            on_disk = (f"the file on disk is intact (its last complete version, {self._flushed} of {self.done.size} "
+                       f"points)" if self.path.exists() else "nothing was written")
+            raise SurfaceWriteError(f"could not write {self.path}: {err.strerror or err}; {on_disk}. Free space (or "
+                                    f"fix the folder) and rerun the same command: it resumes") from None
+        self._flushed = int(self.done.sum())
         self._last_flush = time.monotonic()
         self._dirty = False
 
