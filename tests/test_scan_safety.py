@@ -336,3 +336,13 @@ def test_normalization_follows_the_checkpoint_and_a_flag_chooses(tmp_path, monke
                         x="0:0:1", device="cpu", out=str(tmp_path / "b.h5"), progress=False,
                         normalization="torchvision")).surface
     assert seen[-1][1] == "torchvision" and s.attrs["normalization"] == "torchvision"
+
+
+def test_plot_with_a_tiny_vlevel_is_one_clear_error(tmp_path, capsys):
+    from landscapes.plot import main as plot_main
+    x = np.linspace(-1, 1, 5)
+    path = write_surface(tmp_path / "s.h5", x, x, {"train_loss": np.add.outer(x, x) ** 2 + 1})
+    with pytest.raises(SystemExit) as exc:
+        plot_main([str(path), "--vlevel", "1e-9", "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "use a larger --vlevel" in err and "Traceback" not in err
