@@ -486,6 +486,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:  # e.g. a full disk: the message says what is on disk and how to go on
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     mx, mn = surface.values["max_eig"], surface.values["min_eig"]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(mn / mx)
