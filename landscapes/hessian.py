@@ -23,10 +23,9 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.func import functional_call
 from tqdm import tqdm
 
-from models.data import DATASETS
-
-from .directions import IGNORES, NORMS, State
-from .grid import AXIS_HELP, axis_arg, glue_grid_args, grid_coords
+from .directions import State
+from .grid import glue_grid_args, grid_coords
+from .options import add_scan_options, scan_config_kwargs
 from .reference import point_state
 from .scan import ScanConfig, prepare_scan, resolve_config
 from .surface import Surface, SurfaceStore, read_surface
@@ -433,26 +432,9 @@ def build_parser():
                                 description="Map the top and bottom Hessian eigenvalues over a 1-D or 2-D grid "
                                             "(values max_eig, min_eig; plot with python -m landscapes.plot).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("model, data, grid (as landscapes.scan)")
-    g.add_argument("--model", help="default: the checkpoint's, else resnet56")
-    g.add_argument("--noshort", action="store_true")
-    g.add_argument("--checkpoint", help="trained weights (default: runs/<model>_<dataset>/final.pt)")
-    g.add_argument("--dataset", choices=list(DATASETS), help="default: the checkpoint's, else cifar10")
-    g.add_argument("--data-root", help="default: $RESNET_TOOLKIT_DATA, else the checkpoint's, else ./data")
-    g.add_argument("--split", default="train", choices=("train", "test"))
-    g.add_argument("--samples", type=int, default=256, help="fixed subset: the first N images of the split")
-    g.add_argument("--x", type=axis_arg("x"), default="-1:1:11", help=AXIS_HELP)
-    g.add_argument("--y", type=axis_arg("y"), help="as --x; omit for a 1-D map")
-    g.add_argument("--xnorm", choices=NORMS)
-    g.add_argument("--xignore", choices=IGNORES)
-    g.add_argument("--ynorm", choices=NORMS)
-    g.add_argument("--yignore", choices=IGNORES)
-    g.add_argument("--seed", type=int, help="seed of the random directions")
-    g.add_argument("--dir-file", help="direction file to reuse (e.g. the loss scan's), or to create")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--out", help="surface file (default: results/surfaces/<model>_<dataset>_<grid>_hessian.h5)")
-    g.add_argument("--force", action="store_true", help="replace an output computed with other arguments")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    add_scan_options(p, x="-1:1:11", splits=("train", "test"), samples=256,
+                     samples_help="fixed subset: the first N images of the split",
+                     out_help="surface file (default: results/surfaces/<model>_<dataset>_<grid>_hessian.h5)")
     h = p.add_argument_group("eigenvalues")
     h.add_argument("--method", default=HessianConfig.method, choices=EIG_METHODS)
     h.add_argument("--params", default=HessianConfig.params, choices=PARAMS)
@@ -473,11 +455,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         hcfg = HessianConfig(method=args.method, params=args.params, tol=args.tol, max_iter=args.max_iter,
                              batch_size=args.batch_size, dtype=args.dtype, seed=args.start_seed,
                              reuse_graph=args.reuse_graph, progress=args.progress)
-        scan_cfg = ScanConfig(model=args.model, noshort=args.noshort, checkpoint=args.checkpoint, dataset=args.dataset,
-                              data_root=args.data_root, split=args.split, samples=args.samples, x=args.x, y=args.y,
-                              xnorm=args.xnorm, xignore=args.xignore, ynorm=args.ynorm, yignore=args.yignore,
-                              seed=args.seed, dir_file=args.dir_file, device=args.device, out=args.out,
-                              force=args.force, progress=args.progress)
+        scan_cfg = ScanConfig(**scan_config_kwargs(args))
         scan_cfg = resolve_config(scan_cfg)  # the checkpoint's model and data name the default output
         if args.out is None:
             default = scan_cfg.out_path

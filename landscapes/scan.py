@@ -23,159 +23,21 @@ import torch.nn as nn
 
 from models import load_checkpoint, read_checkpoint, resolve_device, resolve_name
 from models.checkpoint import normalization_of, package_version, sha256
-from models.data import (DATA_ENV, DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data,
-                         normalization_constants)
-from models.registry import parse_key_values  # one parser for KEY=VALUE options across CLIs
+from models.data import DATA_ENV, DeviceData, default_data_root, load_device_data, normalization_constants
 from models.train import TrainConfig
 
-from .directions import (DIR_TYPES, IGNORES, NORMS, DirectionConfig, State, cosine, create_directions,
-                         direction_file_info, directions_digest, load_directions, resolve_dir_type, save_directions)
 from .compute import compute_surface, default_chunk_size, rank_and_world, value_names
-from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfig
+from .directions import (State, cosine, create_directions, direction_file_info, directions_digest, load_directions,
+                         resolve_dir_type, save_directions)
+from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES
 from .grid import AXIS_HELP, Axis, axis_arg, glue_grid_args, grid_coords, parse_axis
-from .sampling import SamplingConfig, check_eval_config, sampled_names
+from .options import add_scan_options, scan_config_kwargs
+from .sampling import SamplingConfig, sampled_names
+from .scanconfig import DEFAULT_DATASET, DEFAULT_MODEL, DIRECTION_OPTIONS, SPLITS, ScanConfig
 from .surface import Surface, SurfaceConflictError, SurfaceStore, read_surface
 
 __all__ = ["Axis", "parse_axis", "ScanConfig", "ScanResult", "ScanSetup", "prepare_scan", "compute_surface", "scan",
            "main", "grid_coords", "axis_arg", "glue_grid_args", "AXIS_HELP", "SPLITS"]
-
-SPLITS = ("train", "test", "both")
-DEFAULT_MODEL, DEFAULT_DATASET = "resnet56", "cifar10"  # only without a checkpoint that says otherwise
-# Direction options an existing direction file decides (given ones must agree with it).
-DIRECTION_OPTIONS = ("xnorm", "xignore", "ynorm", "yignore", "seed", "orthogonalize")
-@dataclass(frozen=True)
-class ScanConfig:
-    """One scan. Defaults are the paper's method (filter normalization, biases and BN ignored,
-    stored BN statistics, model in eval mode) on the CIFAR-10 training set.
-
-    checkpoint None: ``runs/<model>_<dataset>/final.pt`` as ``models.train`` writes it (a scan
-    never silently runs on a random initialization). model2: x = model2 - model (1-D
-    interpolation; norm and ignore do not apply to it). dir_type None: "states" with model2 (so
-    that 1 lands exactly on model2, BN statistics included), else "weights". dir_file: an
-    existing direction file (ours or the reference's) is reused as it is; otherwise the
-    directions are drawn and saved there (default: next to ``out``). data_kwargs None: those the
-    checkpoint was trained with when the data set matches. chunk_size: grid points per unit of
-    work, flushed and gathered together (None: from the grid, or the existing file's).
-    """
-
-    model: str | None = None           # None: the checkpoint's, else DEFAULT_MODEL
-    noshort: bool = False
-    checkpoint: str | None = None
-    model2: str | None = None
-    dataset: str | None = None         # None: the checkpoint's, else DEFAULT_DATASET
-    data_root: str | None = None       # None: $RESNET_TOOLKIT_DATA, else the checkpoint's if present, else ./data
-    normalization: str | None = None   # input constants (models.data.NORMALIZATIONS); None: the checkpoint's
-    data_kwargs: Mapping[str, Any] | None = None
-    split: str = "train"
-    samples: int | None = None
-    x: Axis | str = "-1:1:51"
-    y: Axis | str | None = None
-    dir_type: str | None = None
-    # None: an existing dir_file's values, else DirectionConfig's defaults (a given value must match the file)
-    xnorm: str | None = None
-    xignore: str | None = None
-    ynorm: str | None = None
-    yignore: str | None = None
-    seed: int | None = None
-    orthogonalize: bool | None = None
-    same_dir: bool = False
-    dir_file: str | None = None
-    batch_size: int | None = None
-    points_per_pass: int | None = None
-    engine: str = "auto"
-    workers: int | None = None         # CPU loop engine: points in parallel threads (None: torch's threads)
-    compile: str | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    bn: str = "stored"
-    calibration_samples: int | None = None
-    out: str | None = None
-    chunk_size: int | None = None
-    flush_seconds: float = 5.0
-    force: bool = False
-    progress: bool = True
-    plot: bool = False
-    sampling: SamplingConfig | None = None  # adaptive sample counts (landscapes.sampling); None: all images
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "x", parse_axis(self.x, "x"))
-        object.__setattr__(self, "y", None if self.y is None else parse_axis(self.y, "y"))
-        if self.data_kwargs is not None:
-            object.__setattr__(self, "data_kwargs", dict(self.data_kwargs))
-        if self.model is not None:
-            resolve_name(self.model, self.noshort)  # unknown names fail here, with suggestions
-        if self.dataset is not None and self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS)}")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {self.split!r}")
-        if self.dir_type is not None and self.dir_type not in DIR_TYPES:
-            raise ValueError(f"dir_type must be one of {', '.join(DIR_TYPES)}; got {self.dir_type!r}")
-        for name in ("samples", "chunk_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
-        if self.flush_seconds < 0:
-            raise ValueError(f"flush_seconds must be >= 0, got {self.flush_seconds}")
-        if self.normalization is not None and self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {self.normalization!r}")
-        if self.dir_file is not None and self.out is not None and \
-                Path(self.dir_file).resolve() == Path(self.out).resolve():
-            raise ValueError(f"--out and --dir-file name the same file {self.out}: the surface would overwrite its "
-                             f"directions; give them different names")
-        self.directions  # noqa: B018  (validates norms, ignores, seed, same_dir/orthogonalize)
-        self.eval_config  # noqa: B018  (validates engine, dtype, bn mode, batch sizes)
-        if self.sampling is not None:
-            check_eval_config(self.eval_config)
-
-    @property
-    def model_name(self) -> str:
-        return resolve_name(self.model or DEFAULT_MODEL, self.noshort)
-
-    @property
-    def dataset_name(self) -> str:
-        return self.dataset or DEFAULT_DATASET
-
-    @property
-    def ndim(self) -> int:
-        return 1 if self.y is None else 2
-
-    @property
-    def directions(self) -> DirectionConfig:
-        """The directions to draw: the given options, DirectionConfig's defaults for those left out."""
-        given = {k: getattr(self, k) for k in DIRECTION_OPTIONS if getattr(self, k) is not None}
-        return replace(DirectionConfig(self.dir_type or ("states" if self.model2 else "weights"), ndim=self.ndim,
-                                       same_dir=self.same_dir), **given)
-
-    @property
-    def eval_config(self) -> EvalConfig:
-        return EvalConfig(batch_size=self.batch_size, points_per_pass=self.points_per_pass, engine=self.engine,
-                          dtype=self.dtype, bn_mode=self.bn, calibration_samples=self.calibration_samples,
-                          compile=self.compile, workers=self.workers)
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return ("train", "test") if self.split == "both" else (self.split,)
-
-    @property
-    def out_path(self) -> Path:
-        """The surface file: ``out``, else results/surfaces/<model>_<dataset>_<grid>.h5."""
-        if self.out is not None:
-            return Path(self.out)
-        x, y = self.x, self.y
-        grid = f"{x.num}" if y is None else f"{x.num}x{y.num}"
-        ranges = [f"{a.start:g}_{a.stop:g}" for a in (x, y) if a is not None and (a.start, a.stop) != (-1, 1)]
-        tag = ("interp_" if self.model2 else "") + grid + "".join(f"_{r}" for r in ranges)
-        return Path("results") / "surfaces" / f"{self.model_name}_{self.dataset_name}_{tag}.h5"
-
-    @property
-    def dir_path(self) -> Path:
-        if self.dir_file is not None:
-            return Path(self.dir_file)
-        out = self.out_path
-        return out.with_name(f"{out.stem}_dirs.h5")
-
 
 @dataclass
 class ScanResult:
@@ -554,35 +416,7 @@ def _count_nonfinite(surface: Surface) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m landscapes.scan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="registry name (python -m models.summary --list; default: the checkpoint's, "
-                   f"else {DEFAULT_MODEL})")
-    g.add_argument("--noshort", action="store_true", help="the model without skip connections")
-    g.add_argument("--checkpoint", help="trained weights (default: runs/<model>_<dataset>/final.pt)")
-    g.add_argument("--model2", help="second checkpoint: x = model2 - model, a 1-D interpolation")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=list(DATASETS), help=f"default: the checkpoint's, else {DEFAULT_DATASET}")
-    g.add_argument("--data-root", help=f"default: ${DATA_ENV}, else the checkpoint's if it exists here, else ./data")
-    g.add_argument("--normalization", choices=NORMALIZATIONS,
-                   help="input constants (default: the checkpoint's; loss-landscape for the original format)")
-    g.add_argument("--data-kw", action="append", default=None, metavar="KEY=VALUE",
-                   help="synthetic data option (default: as the checkpoint was trained)")
-    g.add_argument("--split", default=ScanConfig.split, choices=SPLITS)
-    g.add_argument("--samples", type=int, help="the first N images of the split, in data set order")
-    g = p.add_argument_group("grid and directions")
-    g.add_argument("--x", type=axis_arg("x"), default=ScanConfig.x, help=AXIS_HELP)
-    g.add_argument("--y", type=axis_arg("y"), help="as --x; omit for a 1-D scan")
-    g.add_argument("--dir-type", choices=DIR_TYPES, help="weights, or states (BN statistics too); "
-                   "default: states with --model2, else weights")
-    dflt = DirectionConfig()  # an existing --dir-file decides these; a value given must agree with it
-    g.add_argument("--xnorm", choices=NORMS, help=f"default: {dflt.xnorm}")
-    g.add_argument("--xignore", choices=IGNORES, help=f"default: {dflt.xignore}")
-    g.add_argument("--ynorm", choices=NORMS, help=f"default: {dflt.ynorm}")
-    g.add_argument("--yignore", choices=IGNORES, help=f"default: {dflt.yignore}")
-    g.add_argument("--seed", type=int, help=f"seed of the random directions (default: {dflt.seed})")
-    g.add_argument("--orthogonalize", action="store_true", default=None, help="make y orthogonal to x (per filter)")
-    g.add_argument("--same-dir", action="store_true", help="y = x")
-    g.add_argument("--dir-file", help="direction file to reuse, or to create (default: <out>_dirs.h5)")
+    add_scan_options(p)
     g = p.add_argument_group("evaluation")
     g.add_argument("--batch-size", type=int, help="images per forward (default: from free memory)")
     g.add_argument("--points-per-pass", type=int, help="grid points per batched forward (default: from memory)")
@@ -591,7 +425,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, help="CPU: grid points evaluated in parallel threads (default: torch's "
                    "thread count; each thread then runs one intra-op thread)")
     g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the forward (reduce-overhead: CUDA graphs)")
-    g.add_argument("--device", default=ScanConfig.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=ScanConfig.dtype, choices=EVAL_DTYPES)
     g.add_argument("--bn", default=ScanConfig.bn, choices=BN_MODES,
                    help="BN statistics: stored (paper), recalibrate at each point, batch")
@@ -605,14 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-seed", type=int, help="seed of the shared image order (default 0)")
     g.add_argument("--cap", type=float, help="stop a point whose loss is over 3 SE above CAP (e.g. 10, the "
                    "plot's top level)")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", help="surface file (default: results/surfaces/<model>_<dataset>_<grid>.h5)")
+    g = p.add_argument_group("output (scan)")
     g.add_argument("--chunk-size", type=int, help="points per flushed chunk (default: from the grid)")
-    g.add_argument("--flush-seconds", type=float, default=ScanConfig.flush_seconds,
-                   help="write the file at most this often (0: after every chunk)")
-    g.add_argument("--force", action="store_true", help="replace an output computed with other arguments")
     g.add_argument("--plot", action="store_true", help="plot the surface when done (landscapes.plot)")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
@@ -647,10 +475,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = _init_distributed(args["device"])
     rank, world = rank_and_world()
     try:
-        kw = args.pop("data_kw")
-        args["data_kwargs"] = None if kw is None else parse_key_values(kw)
-        args["sampling"] = _sampling_args(args)
-        result = scan(ScanConfig(**args))
+        shared = scan_config_kwargs(args)
+        own = {k: v for k, v in args.items() if k not in shared and k != "data_kw"}
+        own["sampling"] = _sampling_args(own)
+        result = scan(ScanConfig(**shared, **own))
     except (ValueError, FileNotFoundError) as err:  # CheckpointError, SurfaceConflictError are ValueErrors
         prefix = "error" if world == 1 else f"error (rank {rank})"
         print(f"{prefix}: {err}", file=sys.stderr)
