@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -24,10 +24,11 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from .directions import State
-from .grid import glue_grid_args, grid_coords
+from .grid import Axis, glue_grid_args, grid_coords
 from .options import add_scan_options, scan_config_kwargs
 from .reference import point_state
 from .scan import ScanConfig, prepare_scan, resolve_config
+from .scanconfig import DirectionOptions, OutputOptions, ScanTarget
 from .surface import Surface, SurfaceStore, read_surface
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -366,23 +367,42 @@ def hessian_map(model: nn.Module, center: State, directions: Sequence[State], co
 # A Hessian map over a grid, written as a surface file (values max_eig, min_eig)
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class HessianScanConfig:
-    """A Hessian eigenvalue map. ``scan`` says which model, data, grid and directions (as for
-    ``landscapes.scan``: the same checkpoint and direction file give the same plane); only its
-    ``split`` (train or test), ``samples`` and ``device`` matter for the data, and its evaluation
-    options are unused. ``hessian`` says how the eigenvalues are found at each point.
-    The surface holds ``max_eig``, ``min_eig``, ``hessian_hvps`` and ``hessian_converged`` (1/0)."""
+    """A Hessian eigenvalue map: which model and data (``target``; one split, a fixed subset of
+    ``samples``), the grid and directions (as for ``landscapes.scan``: the same checkpoint and
+    direction file give the same plane), where, the output, and how the eigenvalues are found at
+    each point (``hessian``). Built from a :class:`~landscapes.scan.ScanConfig` (its evaluation
+    and sampling options do not apply to Hessian-vector products and are not kept) or from those
+    parts. The surface holds ``max_eig``, ``min_eig``, ``hessian_hvps`` and ``hessian_converged`` (1/0)."""
 
-    scan: ScanConfig
-    hessian: HessianConfig = HessianConfig()
+    target: ScanTarget
+    x: Axis
+    y: Axis | None
+    directions: DirectionOptions
+    output: OutputOptions
+    device: str
+    hessian: HessianConfig
 
-    def __post_init__(self) -> None:
-        if self.scan.split == "both":
+    def __init__(self, scan: ScanConfig | None = None, hessian: HessianConfig = HessianConfig(), **parts: Any):
+        base = scan if scan is not None else ScanConfig()
+        kept = {name: getattr(base, name) for name in ("target", "x", "y", "directions", "output", "device")}
+        unknown = sorted(set(parts) - set(kept))
+        if unknown:
+            raise TypeError(f"HessianScanConfig got unexpected keywords {unknown}")
+        for name, value in {**kept, **parts, "hessian": hessian}.items():
+            object.__setattr__(self, name, value)
+        if self.target.split == "both":
             raise ValueError("a Hessian map uses one split (train or test), not both")
-        if self.scan.samples is None:
+        if self.target.samples is None:
             raise ValueError("give a fixed subset size (samples): every Hessian-vector product passes over all of "
                              "it, and the eigenvalues are those of that subset's loss")
+
+    @property
+    def scan(self) -> ScanConfig:
+        """The ScanConfig that :func:`landscapes.scan.prepare_scan` resolves (default evaluation)."""
+        return ScanConfig(target=self.target, x=self.x, y=self.y, directions=self.directions, output=self.output,
+                          device=self.device)
 
 
 HESSIAN_VALUES = ("max_eig", "min_eig", "hessian_hvps", "hessian_converged")

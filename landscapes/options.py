@@ -1,5 +1,5 @@
 """The command-line options every scan-like CLI shares (model, data, grid, directions, device,
-output), added by one function with defaults taken from :class:`~landscapes.scanconfig.ScanConfig`,
+output), added by one function with defaults taken from the parts of :class:`~landscapes.scanconfig.ScanConfig`,
 so that ``landscapes.scan`` and ``landscapes.hessian`` cannot drift apart."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from models.registry import parse_key_values  # one parser for KEY=VALUE options
 
 from .directions import DIR_TYPES, IGNORES, NORMS, DirectionConfig
 from .grid import AXIS_HELP, axis_arg
-from .scanconfig import DEFAULT_DATASET, DEFAULT_MODEL, SPLITS, ScanConfig
+from .scanconfig import DEFAULT_DATASET, DEFAULT_DEVICE, DEFAULT_MODEL, DEFAULT_X, SPLITS, OutputOptions, ScanTarget
 
 __all__ = ["add_scan_options", "scan_config_kwargs"]
 
@@ -22,8 +22,8 @@ _SHARED = ("model", "noshort", "checkpoint", "model2", "dataset", "data_root", "
            "dir_file", "device", "out", "flush_seconds", "force", "progress")
 
 
-def add_scan_options(p: argparse.ArgumentParser, *, x: str = ScanConfig.x, splits: Sequence[str] = SPLITS,
-                     samples: int | None = ScanConfig.samples, samples_help: str = "the first N images of the "
+def add_scan_options(p: argparse.ArgumentParser, *, x: str = DEFAULT_X, splits: Sequence[str] = SPLITS,
+                     samples: int | None = ScanTarget.samples, samples_help: str = "the first N images of the "
                      "split, in data set order", out_help: str = "surface file (default: "
                      "results/surfaces/<model>_<dataset>_<grid>.h5)") -> None:
     """Add the options that say what is scanned, on which grid and directions, where, and into
@@ -42,7 +42,7 @@ def add_scan_options(p: argparse.ArgumentParser, *, x: str = ScanConfig.x, split
                    help="input constants (default: the checkpoint's; loss-landscape for the original format)")
     g.add_argument("--data-kw", action="append", default=None, metavar="KEY=VALUE",
                    help="synthetic data option (default: as the checkpoint was trained)")
-    g.add_argument("--split", default=ScanConfig.split, choices=list(splits))
+    g.add_argument("--split", default=ScanTarget.split, choices=list(splits))
     g.add_argument("--samples", type=int, default=samples, help=samples_help)
     g = p.add_argument_group("grid and directions")
     g.add_argument("--x", type=axis_arg("x"), default=x, help=AXIS_HELP)
@@ -59,9 +59,9 @@ def add_scan_options(p: argparse.ArgumentParser, *, x: str = ScanConfig.x, split
     g.add_argument("--same-dir", action="store_true", help="y = x")
     g.add_argument("--dir-file", help="direction file to reuse, or to create (default: <out>_dirs.h5)")
     g = p.add_argument_group("output")
-    g.add_argument("--device", default=ScanConfig.device, help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--device", default=DEFAULT_DEVICE, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--out", help=out_help)
-    g.add_argument("--flush-seconds", type=float, default=ScanConfig.flush_seconds,
+    g.add_argument("--flush-seconds", type=float, default=OutputOptions.flush_seconds,
                    help="write the file at most this often (0: after every point or chunk)")
     g.add_argument("--force", action="store_true", help="replace an output computed with other arguments")
     g.add_argument("--no-progress", dest="progress", action="store_false")

@@ -29,7 +29,7 @@ from models.train import TrainConfig
 from .compute import compute_surface, default_chunk_size, rank_and_world, value_names
 from .directions import (State, cosine, create_directions, direction_file_info, directions_digest, load_directions,
                          resolve_dir_type, save_directions)
-from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES
+from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfig
 from .grid import AXIS_HELP, Axis, axis_arg, glue_grid_args, grid_coords, parse_axis
 from .options import add_scan_options, scan_config_kwargs
 from .sampling import SamplingConfig, sampled_names
@@ -173,7 +173,7 @@ def _directions(config: ScanConfig, model: nn.Module, model2: nn.Module | None
     ``meta["options"]`` holds the direction options that made them (the file's own when reused;
     None where a reference-project file does not say)."""
     path = config.dir_path
-    dconf = config.directions
+    dconf = config.direction_config
     if config.dir_file is not None and path.is_file():
         if model2 is not None:
             raise ValueError(f"--model2 and the existing direction file {path} both define the x direction; "
@@ -420,13 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation")
     g.add_argument("--batch-size", type=int, help="images per forward (default: from free memory)")
     g.add_argument("--points-per-pass", type=int, help="grid points per batched forward (default: from memory)")
-    g.add_argument("--engine", default=ScanConfig.engine, choices=ENGINES,
+    g.add_argument("--engine", default=EvalConfig.engine, choices=ENGINES,
                    help="auto: batched on CUDA, loop on CPU; naive is the slow reference")
     g.add_argument("--workers", type=int, help="CPU: grid points evaluated in parallel threads (default: torch's "
                    "thread count; each thread then runs one intra-op thread)")
     g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the forward (reduce-overhead: CUDA graphs)")
-    g.add_argument("--dtype", default=ScanConfig.dtype, choices=EVAL_DTYPES)
-    g.add_argument("--bn", default=ScanConfig.bn, choices=BN_MODES,
+    g.add_argument("--dtype", default=EvalConfig.dtype, choices=EVAL_DTYPES)
+    g.add_argument("--bn", default=EvalConfig.bn_mode, choices=BN_MODES,
                    help="BN statistics: stored (paper), recalibrate at each point, batch")
     g.add_argument("--calibration-samples", type=int, help="--bn recalibrate: first N images (default: all)")
     g = p.add_argument_group("adaptive sample counts (per-point standard errors; landscapes.sampling)")
