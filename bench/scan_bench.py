@@ -29,6 +29,8 @@ from landscapes.evalconfig import COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfi
 from landscapes.evaluate import Evaluator
 from landscapes.reference import point_state
 from models.data import DATASETS, SYNTHETIC_SIZES, DataNotFoundError, DeviceData, load_split
+from models.checks import positive_int
+from models.cli import add_threads_argument, fail, set_threads
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = ("| date | code | machine | torch | model | data | grid | images | device | dtype | engine (K x B) | "
@@ -55,13 +57,10 @@ class BenchConfig:
     results: str | None = None  # markdown file to append a row to (None: print only)
 
     def __post_init__(self) -> None:
-        if min(self.grid, self.samples, self.naive_batch, self.slice_points) < 1:
-            raise ValueError(f"grid, samples, naive batch and slice points must be positive; got {self.grid}, "
-                             f"{self.samples}, {self.naive_batch}, {self.slice_points}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be a positive integer; got {self.threads}")
-        if self.naive_points is not None and self.naive_points < 1:
-            raise ValueError(f"naive_points must be a positive integer; got {self.naive_points}")
+        for name in ("grid", "samples", "naive_batch", "slice_points"):
+            positive_int(name, getattr(self, name))
+        positive_int("threads", self.threads, allow_none=True, note="None: torch's default")
+        positive_int("naive_points", self.naive_points, allow_none=True, note="None: every grid point")
 
 
 @dataclass(frozen=True)
@@ -269,7 +268,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                    help="time the naive loop on the first N points only (throughput is per image)")
     p.add_argument("--slice-points", type=int, default=BenchConfig.slice_points,
                    help="alternate naive and ours every N points (both then see the same machine load)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
+    add_threads_argument(p, help="torch CPU threads for both loops (default: torch's)")
     p.add_argument("--seed", type=int, default=BenchConfig.seed)
     p.add_argument("--engine", default="auto", choices=ENGINES)
     p.add_argument("--dtype", default="float32", choices=EVAL_DTYPES)
@@ -295,22 +294,17 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 def run_from_args(parse, run, argv: list[str] | None):
     """(config, result) of a bench run from its command line (``parse``: argv -> config with a
-    ``threads`` field; ``run``: config -> result), or None after printing a usage error."""
+    ``threads`` field; ``run``: config -> result); a usage error exits 2 (models.cli.fail)."""
     try:
         config = parse(argv)
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
+        set_threads(config.threads)
         return config, run(config)
     except (ValueError, FileNotFoundError, DataNotFoundError, models.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return None
+        fail(str(err))
 
 
 def main(argv: list[str] | None = None) -> int:
-    done = run_from_args(parse_args, run_bench, argv)
-    if done is None:
-        return 2
-    config, result = done
+    config, result = run_from_args(parse_args, run_bench, argv)
     i = result.info
     print(f"machine: {machine_name(torch.device(config.device))}; torch {torch.__version__}")
     print(f"work: {config.model} on {config.samples} {config.dataset} images, {config.grid}x{config.grid} grid, "

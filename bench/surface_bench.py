@@ -42,6 +42,8 @@ from landscapes.sampling import SamplingConfig, compute_sampled, ordered, sample
 from landscapes.scan import value_names  # noqa: E402
 from landscapes.surface import SurfaceStore  # noqa: E402
 from models.data import DATASETS, load_device_data  # noqa: E402
+from models.checks import positive_int  # noqa: E402
+from models.cli import add_threads_argument  # noqa: E402
 from models.train import TrainConfig, train  # noqa: E402
 from scan_bench import RESULTS, code_version, machine_name, run_from_args  # noqa: E402  (bench/ is on sys.path as a script)
 
@@ -70,8 +72,9 @@ class SurfaceBenchConfig:
     results: str | None = None       # append a row here (--record)
 
     def __post_init__(self) -> None:
-        if min(self.grid, self.samples, self.train_epochs, self.train_samples) < 1:
-            raise ValueError("grid, samples, train epochs and train samples must be positive")
+        for name in ("grid", "samples", "train_epochs", "train_samples"):
+            positive_int(name, getattr(self, name))
+        positive_int("threads", self.threads, allow_none=True, note="None: torch's default")
         if self.subgrid is not None and not 1 <= self.subgrid <= self.grid:
             raise ValueError(f"subgrid must lie in 1..grid ({self.grid}); got {self.subgrid}")
 
@@ -210,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> SurfaceBenchConfig:
     p.add_argument("--cap", type=float, help="stop points more than 3 SE above this loss")
     p.add_argument("--engine", default="auto", choices=ENGINES[:3])
     p.add_argument("--dtype", default="float32", choices=EVAL_DTYPES)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    add_threads_argument(p)
     p.add_argument("--record", action="store_true", help="append a row to --results")
     p.add_argument("--results", default=str(RESULTS))
     a = p.parse_args(argv)
@@ -224,10 +227,7 @@ def parse_args(argv: list[str] | None = None) -> SurfaceBenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    done = run_from_args(parse_args, run_bench, argv)
-    if done is None:
-        return 2
-    config, r = done
+    config, r = run_from_args(parse_args, run_bench, argv)
     s, m = config.sampling, r.summary
     print(f"machine: {machine_name(torch.device(config.device))}; torch {torch.__version__}")
     measured = f"{r.points} points" + (f" ({config.subgrid}x{config.subgrid} subgrid of {config.grid}x{config.grid})"

@@ -13,11 +13,11 @@ Figure 5 contrast, in about a minute on two CPU cores.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.cli import fail
 from models.train import TrainConfig, train
 
 from .drawing import plot_compare
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                             progress=args.progress)
         result = run_demo(args.out, config)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(err))
     print(f"demo finished in {time.perf_counter() - start:.0f} s. Open:")
     print(f"  {result.page}  (interactive: both surfaces on one colour scale; plotly.min.js beside it)")
     for png in result.pngs:

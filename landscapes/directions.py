@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.checkpoint import atomic_path, package_version
+from models.fileio import atomic_path, package_version
 
 from .surface import open_hdf5
 

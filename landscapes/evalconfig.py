@@ -9,6 +9,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from models.checks import positive_int
+
 ENGINES = ("auto", "batched", "loop", "naive")
 EVAL_DTYPES = ("float32", "tf32", "bfloat16")
 BN_MODES = ("stored", "batch", "recalibrate")
@@ -78,9 +80,7 @@ class EvalConfig:
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be None or one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
         for name in ("batch_size", "points_per_pass", "calibration_samples", "memory_budget", "max_batch", "workers"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
+            positive_int(name, getattr(self, name), allow_none=True, note="None: chosen automatically")
         if isinstance(self.stats_batch_size, bool) or not isinstance(self.stats_batch_size, int) \
                 or self.stats_batch_size < 2:
             raise ValueError(f"stats_batch_size must be an integer >= 2 (batch statistics need two images); "

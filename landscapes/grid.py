@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.checks import positive_int
+
 __all__ = ["AXIS_HELP", "Axis", "parse_axis", "grid_coords", "axis_arg", "glue_grid_args", "spread_indices"]
 
 AXIS_HELP = "START:STOP:NUM, e.g. -1:1:51 (NUM points from START to STOP, both included)"
@@ -26,8 +28,7 @@ class Axis:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.start) and math.isfinite(self.stop)):
             raise ValueError(f"grid bounds must be finite numbers, got {self.start}:{self.stop}")
-        if isinstance(self.num, bool) or not isinstance(self.num, int) or self.num < 1:
-            raise ValueError(f"grid needs a positive whole number of points, got {self.num!r}")
+        positive_int("NUM", self.num, note="points of the grid START:STOP:NUM")
         if self.num == 1 and self.start != self.stop:
             raise ValueError(f"one point cannot span {self.start:g}..{self.stop:g}: use START:START:1 or NUM >= 2")
         if self.num > 1 and not self.start < self.stop:

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -23,12 +23,12 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.func import functional_call
 from tqdm import tqdm
 
-from models.data import DATASETS
-
-from .directions import IGNORES, NORMS, State
-from .grid import AXIS_HELP, axis_arg, glue_grid_args, grid_coords
+from .directions import State
+from .grid import Axis, glue_grid_args, grid_coords
+from .options import add_scan_options, scan_config_kwargs
 from .reference import point_state
-from .scan import ScanConfig, prepare_scan
+from .scan import ScanConfig, prepare_scan, resolve_config
+from .scanconfig import DirectionOptions, OutputOptions, ScanTarget
 from .surface import Surface, SurfaceStore, read_surface
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -367,23 +367,42 @@ def hessian_map(model: nn.Module, center: State, directions: Sequence[State], co
 # A Hessian map over a grid, written as a surface file (values max_eig, min_eig)
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class HessianScanConfig:
-    """A Hessian eigenvalue map. ``scan`` says which model, data, grid and directions (as for
-    ``landscapes.scan``: the same checkpoint and direction file give the same plane); only its
-    ``split`` (train or test), ``samples`` and ``device`` matter for the data, and its evaluation
-    options are unused. ``hessian`` says how the eigenvalues are found at each point.
-    The surface holds ``max_eig``, ``min_eig``, ``hessian_hvps`` and ``hessian_converged`` (1/0)."""
+    """A Hessian eigenvalue map: which model and data (``target``; one split, a fixed subset of
+    ``samples``), the grid and directions (as for ``landscapes.scan``: the same checkpoint and
+    direction file give the same plane), where, the output, and how the eigenvalues are found at
+    each point (``hessian``). Built from a :class:`~landscapes.scan.ScanConfig` (its evaluation
+    and sampling options do not apply to Hessian-vector products and are not kept) or from those
+    parts. The surface holds ``max_eig``, ``min_eig``, ``hessian_hvps`` and ``hessian_converged`` (1/0)."""
 
-    scan: ScanConfig
-    hessian: HessianConfig = HessianConfig()
+    target: ScanTarget
+    x: Axis
+    y: Axis | None
+    directions: DirectionOptions
+    output: OutputOptions
+    device: str
+    hessian: HessianConfig
 
-    def __post_init__(self) -> None:
-        if self.scan.split == "both":
+    def __init__(self, scan: ScanConfig | None = None, hessian: HessianConfig = HessianConfig(), **parts: Any):
+        base = scan if scan is not None else ScanConfig()
+        kept = {name: getattr(base, name) for name in ("target", "x", "y", "directions", "output", "device")}
+        unknown = sorted(set(parts) - set(kept))
+        if unknown:
+            raise TypeError(f"HessianScanConfig got unexpected keywords {unknown}")
+        for name, value in {**kept, **parts, "hessian": hessian}.items():
+            object.__setattr__(self, name, value)
+        if self.target.split == "both":
             raise ValueError("a Hessian map uses one split (train or test), not both")
-        if self.scan.samples is None:
+        if self.target.samples is None:
             raise ValueError("give a fixed subset size (samples): every Hessian-vector product passes over all of "
                              "it, and the eigenvalues are those of that subset's loss")
+
+    @property
+    def scan(self) -> ScanConfig:
+        """The ScanConfig that :func:`landscapes.scan.prepare_scan` resolves (default evaluation)."""
+        return ScanConfig(target=self.target, x=self.x, y=self.y, directions=self.directions, output=self.output,
+                          device=self.device)
 
 
 HESSIAN_VALUES = ("max_eig", "min_eig", "hessian_hvps", "hessian_converged")
@@ -399,8 +418,8 @@ def hessian_scan(config: HessianScanConfig) -> Surface:
     Model, data, directions and grid come from :func:`landscapes.scan.prepare_scan`, so a map made
     with the same --checkpoint/--dir-file/--x/--y lies on exactly the plane of the loss surface.
     """
-    cfg, hcfg = config.scan, config.hessian
-    setup = prepare_scan(cfg)
+    setup = prepare_scan(config.scan)
+    cfg, hcfg = setup.config, config.hessian
     hess = {k: getattr(hcfg, k) for k in ("method", "params", "tol", "max_iter", "dtype", "seed", "batch_size")}
     identity = {k: v for k, v in setup.identity.items() if k not in _LOSS_ONLY} | {"hessian": hess}
     attrs = {k: v for k, v in setup.attrs.items() if k not in _LOSS_ONLY} | {
@@ -433,26 +452,9 @@ def build_parser():
                                 description="Map the top and bottom Hessian eigenvalues over a 1-D or 2-D grid "
                                             "(values max_eig, min_eig; plot with python -m landscapes.plot).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("model, data, grid (as landscapes.scan)")
-    g.add_argument("--model", default="resnet56")
-    g.add_argument("--noshort", action="store_true")
-    g.add_argument("--checkpoint", help="trained weights (default: runs/<model>_<dataset>/final.pt)")
-    g.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
-    g.add_argument("--data-root", default="data")
-    g.add_argument("--split", default="train", choices=("train", "test"))
-    g.add_argument("--samples", type=int, default=256, help="fixed subset: the first N images of the split")
-    g.add_argument("--x", type=axis_arg("x"), default="-1:1:11", help=AXIS_HELP)
-    g.add_argument("--y", type=axis_arg("y"), help="as --x; omit for a 1-D map")
-    g.add_argument("--xnorm", default="filter", choices=NORMS)
-    g.add_argument("--xignore", default="biasbn", choices=IGNORES)
-    g.add_argument("--ynorm", default="filter", choices=NORMS)
-    g.add_argument("--yignore", default="biasbn", choices=IGNORES)
-    g.add_argument("--seed", type=int, default=0, help="seed of the random directions")
-    g.add_argument("--dir-file", help="direction file to reuse (e.g. the loss scan's), or to create")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--out", help="surface file (default: results/surfaces/<model>_<dataset>_<grid>_hessian.h5)")
-    g.add_argument("--force", action="store_true", help="replace an output computed with other arguments")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    add_scan_options(p, x="-1:1:11", splits=("train", "test"), samples=256,
+                     samples_help="fixed subset: the first N images of the split",
+                     out_help="surface file (default: results/surfaces/<model>_<dataset>_<grid>_hessian.h5)")
     h = p.add_argument_group("eigenvalues")
     h.add_argument("--method", default=HessianConfig.method, choices=EIG_METHODS)
     h.add_argument("--params", default=HessianConfig.params, choices=PARAMS)
@@ -473,11 +475,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         hcfg = HessianConfig(method=args.method, params=args.params, tol=args.tol, max_iter=args.max_iter,
                              batch_size=args.batch_size, dtype=args.dtype, seed=args.start_seed,
                              reuse_graph=args.reuse_graph, progress=args.progress)
-        scan_cfg = ScanConfig(model=args.model, noshort=args.noshort, checkpoint=args.checkpoint, dataset=args.dataset,
-                              data_root=args.data_root, split=args.split, samples=args.samples, x=args.x, y=args.y,
-                              xnorm=args.xnorm, xignore=args.xignore, ynorm=args.ynorm, yignore=args.yignore,
-                              seed=args.seed, dir_file=args.dir_file, device=args.device, out=args.out,
-                              force=args.force, progress=args.progress)
+        scan_cfg = ScanConfig(**scan_config_kwargs(args))
+        scan_cfg = resolve_config(scan_cfg)  # the checkpoint's model and data name the default output
         if args.out is None:
             default = scan_cfg.out_path
             scan_cfg = replace(scan_cfg, out=str(default.with_name(f"{default.stem}_hessian.h5")))
@@ -485,6 +484,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:  # e.g. a full disk: the message says what is on disk and how to go on
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     mx, mn = surface.values["max_eig"], surface.values["min_eig"]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(mn / mx)

@@ -163,10 +163,10 @@ def shared_scale(name: str, data: Sequence[np.ndarray] | np.ndarray, config: Plo
     paper = defaults is not None and (lo, hi) == defaults[:2]
     step = config.vlevel if config.vlevel is not None else (defaults[2] if paper else None)
     if step is not None:
+        if (hi - lo) / step > 200:  # checked before np.arange allocates them (1e-9 would need 74 GiB)
+            raise ValueError(f"vlevel {step:g} gives {(hi - lo) / step:.3g} contour levels between {lo:g} and "
+                             f"{hi:g}; use a larger --vlevel")
         levels = np.arange(lo, hi + 1e-9 * step, step)
-        if levels.size > 200:
-            raise ValueError(f"vlevel {step:g} gives {levels.size} contour levels between {lo:g} and {hi:g}; "
-                             f"use a larger --vlevel")
         if levels.size < 2:
             levels = np.array([lo, hi])
     else:

@@ -1,6 +1,6 @@
 """Scan a loss landscape: loss and accuracy of a trained model at every point theta0 + a*x + b*y
 of a 1-D or 2-D grid, written to a resumable surface file. Library: ``scan(ScanConfig(...))`` and
-the lower-level ``compute_surface``; ``torchrun --nproc-per-node N -m landscapes.scan`` shards it.
+the lower-level ``compute_surface`` (landscapes.compute); ``torchrun --nproc-per-node N -m landscapes.scan`` shards it.
 
     python -m landscapes.scan --model resnet56 --noshort --x -1:1:51 --y -1:1:51
 """
@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,149 +20,24 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from tqdm import tqdm
 
-from models import load_checkpoint, resolve_device, resolve_name
-from models.checkpoint import package_version, sha256
-from models.data import DATASETS, DeviceData, load_device_data
-from models.registry import parse_key_values  # one parser for KEY=VALUE options across CLIs
+from models import load_checkpoint, read_checkpoint, resolve_device, resolve_name
+from models.checkpoint import normalization_of, package_version, sha256
+from models.data import DATA_ENV, DeviceData, default_data_root, load_device_data, normalization_constants
 from models.train import TrainConfig
 
-from .directions import (DIR_TYPES, IGNORES, NORMS, DirectionConfig, State, cosine, create_directions,
-                         direction_file_info, directions_digest, load_directions, resolve_dir_type, save_directions)
-from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfig, EvalInfo
-from .evaluate import Evaluator
-from .grid import AXIS_HELP, Axis, axis_arg, glue_grid_args, grid_coords, parse_axis, spread_indices
-from .sampling import SamplingConfig, check_eval_config, compute_sampled, ordered, sampled_names
+from .compute import compute_surface, default_chunk_size, rank_and_world, value_names
+from .directions import (State, cosine, create_directions, direction_file_info, directions_digest, load_directions,
+                         resolve_dir_type, save_directions)
+from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfig
+from .grid import AXIS_HELP, Axis, axis_arg, glue_grid_args, grid_coords, parse_axis
+from .options import add_scan_options, scan_config_kwargs
+from .sampling import SamplingConfig, sampled_names
+from .scanconfig import DEFAULT_DATASET, DEFAULT_MODEL, DIRECTION_OPTIONS, SPLITS, ScanConfig
 from .surface import Surface, SurfaceConflictError, SurfaceStore, read_surface
 
 __all__ = ["Axis", "parse_axis", "ScanConfig", "ScanResult", "ScanSetup", "prepare_scan", "compute_surface", "scan",
            "main", "grid_coords", "axis_arg", "glue_grid_args", "AXIS_HELP", "SPLITS"]
-
-SPLITS = ("train", "test", "both")
-# EvalInfo fields that describe how every chunk ran (not one chunk's timing).
-_INFO_ATTRS = ("engine", "device", "dtype", "bn_mode", "images", "batch_size", "points_per_pass", "folded_bn",
-               "traced", "notices", "workers", "fused")
-
-
-@dataclass(frozen=True)
-class ScanConfig:
-    """One scan. Defaults are the paper's method (filter normalization, biases and BN ignored,
-    stored BN statistics, model in eval mode) on the CIFAR-10 training set.
-
-    checkpoint None: ``runs/<model>_<dataset>/final.pt`` as ``models.train`` writes it (a scan
-    never silently runs on a random initialization). model2: x = model2 - model (1-D
-    interpolation; norm and ignore do not apply to it). dir_type None: "states" with model2 (so
-    that 1 lands exactly on model2, BN statistics included), else "weights". dir_file: an
-    existing direction file (ours or the reference's) is reused as it is; otherwise the
-    directions are drawn and saved there (default: next to ``out``). data_kwargs None: those the
-    checkpoint was trained with when the data set matches. chunk_size: grid points per unit of
-    work, flushed and gathered together (None: from the grid, or the existing file's).
-    """
-
-    model: str = "resnet56"
-    noshort: bool = False
-    checkpoint: str | None = None
-    model2: str | None = None
-    dataset: str = "cifar10"
-    data_root: str = "data"
-    data_kwargs: Mapping[str, Any] | None = None
-    split: str = "train"
-    samples: int | None = None
-    x: Axis | str = "-1:1:51"
-    y: Axis | str | None = None
-    dir_type: str | None = None
-    xnorm: str = "filter"
-    xignore: str = "biasbn"
-    ynorm: str = "filter"
-    yignore: str = "biasbn"
-    seed: int = 0
-    orthogonalize: bool = False
-    same_dir: bool = False
-    dir_file: str | None = None
-    batch_size: int | None = None
-    points_per_pass: int | None = None
-    engine: str = "auto"
-    workers: int | None = None         # CPU loop engine: points in parallel threads (None: torch's threads)
-    compile: str | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    bn: str = "stored"
-    calibration_samples: int | None = None
-    out: str | None = None
-    chunk_size: int | None = None
-    flush_seconds: float = 5.0
-    force: bool = False
-    progress: bool = True
-    plot: bool = False
-    sampling: SamplingConfig | None = None  # adaptive sample counts (landscapes.sampling); None: all images
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "x", parse_axis(self.x, "x"))
-        object.__setattr__(self, "y", None if self.y is None else parse_axis(self.y, "y"))
-        if self.data_kwargs is not None:
-            object.__setattr__(self, "data_kwargs", dict(self.data_kwargs))
-        resolve_name(self.model, self.noshort)  # unknown names fail here, with suggestions
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS)}")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {self.split!r}")
-        if self.dir_type is not None and self.dir_type not in DIR_TYPES:
-            raise ValueError(f"dir_type must be one of {', '.join(DIR_TYPES)}; got {self.dir_type!r}")
-        for name in ("samples", "chunk_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
-        if self.flush_seconds < 0:
-            raise ValueError(f"flush_seconds must be >= 0, got {self.flush_seconds}")
-        self.directions  # noqa: B018  (validates norms, ignores, seed, same_dir/orthogonalize)
-        self.eval_config  # noqa: B018  (validates engine, dtype, bn mode, batch sizes)
-        if self.sampling is not None:
-            check_eval_config(self.eval_config)
-
-    @property
-    def model_name(self) -> str:
-        return resolve_name(self.model, self.noshort)
-
-    @property
-    def ndim(self) -> int:
-        return 1 if self.y is None else 2
-
-    @property
-    def directions(self) -> DirectionConfig:
-        return DirectionConfig(self.dir_type or ("states" if self.model2 else "weights"), self.xnorm, self.xignore,
-                               self.ynorm, self.yignore, self.ndim, self.seed, self.orthogonalize, self.same_dir)
-
-    @property
-    def eval_config(self) -> EvalConfig:
-        return EvalConfig(batch_size=self.batch_size, points_per_pass=self.points_per_pass, engine=self.engine,
-                          dtype=self.dtype, bn_mode=self.bn, calibration_samples=self.calibration_samples,
-                          compile=self.compile, workers=self.workers)
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return ("train", "test") if self.split == "both" else (self.split,)
-
-    @property
-    def out_path(self) -> Path:
-        """The surface file: ``out``, else results/surfaces/<model>_<dataset>_<grid>.h5."""
-        if self.out is not None:
-            return Path(self.out)
-        x, y = self.x, self.y
-        grid = f"{x.num}" if y is None else f"{x.num}x{y.num}"
-        ranges = [f"{a.start:g}_{a.stop:g}" for a in (x, y) if a is not None and (a.start, a.stop) != (-1, 1)]
-        tag = ("interp_" if self.model2 else "") + grid + "".join(f"_{r}" for r in ranges)
-        return Path("results") / "surfaces" / f"{self.model_name}_{self.dataset}_{tag}.h5"
-
-    @property
-    def dir_path(self) -> Path:
-        if self.dir_file is not None:
-            return Path(self.dir_file)
-        out = self.out_path
-        return out.with_name(f"{out.stem}_dirs.h5")
-
 
 @dataclass
 class ScanResult:
@@ -175,132 +49,7 @@ class ScanResult:
     points_computed: int
     seconds: float
     plots: list[Path] = field(default_factory=list)
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _default_chunk_size(points: int) -> int:
-    """About 16 flushes per scan, at most 64 points each; depends only on the grid so that
-    reruns cut the grid into the same chunks."""
-    return max(1, min(64, math.ceil(points / 16)))
-
-
-def value_names(splits: Sequence[str]) -> list[str]:
-    return [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
-
-
-def compute_surface(model: nn.Module, directions: Sequence[State], x: np.ndarray, y: np.ndarray | None,
-                    data: Mapping[str, DeviceData], eval_config: EvalConfig = EvalConfig(), *,
-                    center: State | None = None, store: SurfaceStore | None = None, chunk_size: int | None = None,
-                    progress: bool = True, sampling: SamplingConfig | None = None) -> Surface:
-    """Loss and accuracy (%) of ``model`` at ``center + x[ix] * directions[0] (+ y[iy] * directions[1])``
-    for every grid point and each split in ``data`` (values ``<split>_loss``, ``<split>_acc``), plus
-    the center itself (attributes ``<split>_loss_center``, ``<split>_acc_center``).
-
-    Points already done in ``store`` are skipped (resume). The flat indices are cut into fixed
-    chunks of ``chunk_size``; a chunk is computed as one unit and recorded in ``store``, which
-    flushes it to disk, so a rerun or another number of ranks evaluates exactly the same groups
-    of points. Under torch.distributed every rank computes whole chunks in turn and the results
-    are gathered once per round of chunks (never inside the evaluation loop); every rank ends
-    with the full surface, and only rank 0's ``store`` should have a path. ``center`` defaults to
-    the model's current state_dict. ``sampling``: adaptive sample counts with standard errors
-    (:func:`landscapes.sampling.compute_sampled`; the store then needs their values too).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = None if y is None else np.asarray(y, dtype=np.float64)
-    if len(directions) != (1 if y is None else 2):
-        raise ValueError(f"a {'1-D' if y is None else '2-D'} grid needs {1 if y is None else 2} directions, "
-                         f"got {len(directions)}")
-    # An engine that loads points into the model would overwrite a center aliasing its tensors.
-    own = {v.data_ptr() for v in model.state_dict().values()}
-    center = {k: v.detach().clone() if v.data_ptr() in own else v
-              for k, v in (center if center is not None else model.state_dict()).items()}
-    names = value_names(list(data)) + (sampled_names(list(data)) if sampling is not None else [])
-    if sampling is not None:
-        check_eval_config(eval_config)
-        data = {split: ordered(d, sampling.seed) for split, d in data.items()}
-    if store is None:
-        store = SurfaceStore(x, y, names)
-    missing = set(names) - set(store.values)
-    if missing:
-        raise ValueError(f"the store has no room for {sorted(missing)}")
-    evaluators = {split: Evaluator(model, center, directions, d, eval_config) for split, d in data.items()}
-    rank, world = _world()
-    done = store.done.copy()
-    if world > 1:
-        box = [done]
-        dist.broadcast_object_list(box, src=0)
-        done = np.asarray(box[0], dtype=bool)
-    if rank == 0 and any(f"{split}_loss_center" not in store.attrs for split in data):
-        zero = torch.zeros(1, len(directions), dtype=torch.float64)
-        for split, evaluator in evaluators.items():
-            loss, acc, _ = evaluator.evaluate(zero)
-            store.attrs[f"{split}_loss_center"], store.attrs[f"{split}_acc_center"] = float(loss[0]), float(acc[0])
-        store.flush()  # the file exists, with the center, before the first chunk is done
-    n = done.size
-    chunk = chunk_size or _default_chunk_size(n)
-    if sampling is not None:
-        compute_sampled(evaluators, grid_coords(x, y, np.arange(n)), store, sampling, chunk_size=chunk, rank=rank,
-                        world=world, progress=progress)
-        return store.surface()
-    chunks = [idx for start in range(0, n, chunk)
-              if (idx := np.arange(start, min(start + chunk, n))[~done[start:start + chunk]]).size]
-    bar = tqdm(total=int((~done).sum()), desc="scan", unit="pt", disable=not progress or rank != 0,
-               dynamic_ncols=True)
-    info: EvalInfo | None = None
-    try:
-        for first in range(0, len(chunks), world):
-            mine = chunks[first + rank] if first + rank < len(chunks) else np.arange(0)
-            index, values, seconds, chunk_info = _compute_chunk(evaluators, x, y, mine)
-            info = chunk_info or info
-            gathered = [(index, values, seconds)]
-            if world > 1:
-                gathered = [None] * world
-                dist.all_gather_object(gathered, (index, values, seconds))
-            for index, values, seconds in gathered:  # type: ignore[misc]
-                if len(index):
-                    store.record(index, values, seconds)
-                    bar.update(len(index))
-    finally:
-        bar.close()
-    if info is not None and rank == 0:
-        store.attrs.update({k: v for k, v in info.attrs().items() if k.removeprefix("eval_") in _INFO_ATTRS})
-        if eval_config.dtype != "float32" and eval_config.deviation_points > 0:
-            store.attrs.update(_deviation(evaluators, store, x, y, eval_config.deviation_points))
-        store.flush()
-    return store.surface()
-
-
-def _compute_chunk(evaluators: Mapping[str, Evaluator], x: np.ndarray, y: np.ndarray | None, index: np.ndarray
-                   ) -> tuple[np.ndarray, dict[str, np.ndarray], float, EvalInfo | None]:
-    """Evaluate one chunk of flat indices on every split: (index, values, seconds per point, info)."""
-    if not len(index):
-        return index, {}, 0.0, None
-    coords = grid_coords(x, y, index)
-    start = time.perf_counter()
-    values: dict[str, np.ndarray] = {}
-    info = None
-    for split, evaluator in evaluators.items():
-        loss, acc, info = evaluator.evaluate(coords)
-        values[f"{split}_loss"] = loss.double().cpu().numpy()
-        values[f"{split}_acc"] = acc.double().cpu().numpy()
-    return index, values, (time.perf_counter() - start) / len(index), info
-
-
-def _deviation(evaluators: Mapping[str, Evaluator], store: SurfaceStore, x: np.ndarray, y: np.ndarray | None,
-               points: int) -> dict[str, float]:
-    """How far the lower-precision values of a few computed points are from float32."""
-    split, evaluator = next(iter(evaluators.items()))
-    done = np.flatnonzero(store.done)
-    index = done[spread_indices(len(done), points)]
-    loss = torch.from_numpy(store.values[f"{split}_loss"][index])
-    acc = torch.from_numpy(store.values[f"{split}_acc"][index])
-    dev = evaluator.deviation(grid_coords(x, y, index), loss, acc, n_points=len(index))
-    return {f"eval_deviation_{k}": v for k, v in dev.items()}
+    nonfinite: int = 0  # computed points whose loss is NaN or inf (the model diverges there)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,11 +57,11 @@ def _deviation(evaluators: Mapping[str, Evaluator], store: SurfaceStore, x: np.n
 # --------------------------------------------------------------------------------------------
 
 def _train_command(config: ScanConfig) -> str:
-    parts = ["python -m models.train", f"--model {config.model}"]
+    parts = ["python -m models.train", f"--model {config.model or DEFAULT_MODEL}"]
     if config.noshort:
         parts.append("--noshort")
-    parts.append(f"--dataset {config.dataset}")
-    if config.dataset != "synthetic":
+    parts.append(f"--dataset {config.dataset_name}")
+    if config.dataset_name != "synthetic" and config.data_root not in (None, default_data_root()):
         parts.append(f"--data-root {config.data_root}")
     parts += [f"--data-kw {k}={v}" for k, v in (config.data_kwargs or {}).items()]
     return " ".join(parts)
@@ -320,7 +69,8 @@ def _train_command(config: ScanConfig) -> str:
 
 def default_checkpoint(config: ScanConfig) -> Path:
     """Where ``models.train`` puts the final weights of this model and data set by default."""
-    return TrainConfig(model=config.model, noshort=config.noshort, dataset=config.dataset).out_dir / "final.pt"
+    return TrainConfig(model=config.model or DEFAULT_MODEL, noshort=config.noshort,
+                       dataset=config.dataset_name).out_dir / "final.pt"
 
 
 def _resolve_checkpoint(config: ScanConfig) -> Path:
@@ -336,6 +86,53 @@ def _resolve_checkpoint(config: ScanConfig) -> Path:
             f"be meaningless. Train one first:\n    {_train_command(config)}\n"
             f"(it writes {path}; add --epochs N for a shorter run), or pass --checkpoint FILE.")
     return path
+
+
+def resolve_config(config: ScanConfig) -> ScanConfig:
+    """``config`` with every option it leaves out (None) taken from what its checkpoint records:
+    model, dataset, normalization (:func:`models.checkpoint.normalization_of`); then the defaults
+    (resnet56, cifar10, torchvision constants). The data root: the given one, else
+    $RESNET_TOOLKIT_DATA, else the checkpoint's if that folder exists here, else ./data. A given
+    model or dataset that contradicts the checkpoint raises ValueError naming both values."""
+    path = Path(config.checkpoint) if config.checkpoint is not None else default_checkpoint(config)
+    meta = read_checkpoint(path)["meta"] if path.is_file() else {}
+    trained = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    model, noshort = config.model, config.noshort
+    recorded = meta.get("model")
+    if recorded is not None:
+        given = None if model is None else resolve_name(model, noshort)
+        if given is None and noshort and not recorded.endswith("_noshort"):
+            given = f"{recorded} --noshort"
+        if given is not None and given != recorded:
+            raise ValueError(f"--model {given!r} contradicts the checkpoint {path}, which holds a {recorded!r}: drop "
+                             f"--model/--noshort (the checkpoint's is the default) or pick the matching checkpoint")
+        model, noshort = recorded, False
+    dataset = trained.get("dataset") or meta.get("dataset")
+    if config.dataset is not None and dataset is not None and config.dataset != dataset:
+        raise ValueError(f"--dataset {config.dataset!r} contradicts the checkpoint {path}, which was trained on "
+                         f"{dataset!r}: drop --dataset (the checkpoint's is the default) or pick another checkpoint")
+    dataset = config.dataset or dataset or DEFAULT_DATASET
+    recorded_root = trained.get("data_root")
+    root = (config.data_root or os.environ.get(DATA_ENV)
+            or (recorded_root if recorded_root and Path(recorded_root).is_dir() else None) or default_data_root())
+    normalization = config.normalization
+    if normalization is None:
+        normalization = normalization_of(meta) if path.is_file() else "torchvision"
+        try:
+            normalization_constants(dataset, normalization)
+        except ValueError:  # the original constants exist only for CIFAR-10
+            normalization = "torchvision"
+    return replace(config, model=model or DEFAULT_MODEL, noshort=noshort, dataset=dataset, data_root=str(root),
+                   normalization=normalization)
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse NaN/inf up front: every point of the surface would be NaN, and silently so."""
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{what} hold NaN or inf values in {len(bad)} tensors ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): not finite, so every loss would be NaN; fix or "
+                         f"replace the file")
 
 
 def _device(config: ScanConfig, world: int) -> torch.device:
@@ -355,7 +152,9 @@ def _load_data(config: ScanConfig, meta: Mapping[str, Any], num_classes: int, in
     if data_kwargs is None:
         trained = meta.get("config", {}) if isinstance(meta.get("config"), Mapping) else {}
         data_kwargs = dict(trained.get("data_kwargs") or {}) if trained.get("dataset") == config.dataset else {}
-    data = {split: load_device_data(config.dataset, config.data_root, split, config.samples, "cpu", **data_kwargs)
+    # scan has no --download: the message must not offer it
+    data = {split: load_device_data(config.dataset, config.data_root, split, config.samples, "cpu",
+                                    normalization=config.normalization, offer_download=False, **data_kwargs)
             for split in config.splits}
     for split, d in data.items():
         if d.x.shape[1] != in_channels:
@@ -370,9 +169,11 @@ def _load_data(config: ScanConfig, meta: Mapping[str, Any], num_classes: int, in
 def _directions(config: ScanConfig, model: nn.Module, model2: nn.Module | None
                 ) -> tuple[list[State], dict[str, Any]]:
     """Reuse an existing --dir-file, else draw the directions (all ranks alike); ``meta["save"]``
-    then holds the attributes to save them with (done once the output file is known to be ours)."""
+    then holds the attributes to save them with (done once the output file is known to be ours).
+    ``meta["options"]`` holds the direction options that made them (the file's own when reused;
+    None where a reference-project file does not say)."""
     path = config.dir_path
-    dconf = config.directions
+    dconf = config.direction_config
     if config.dir_file is not None and path.is_file():
         if model2 is not None:
             raise ValueError(f"--model2 and the existing direction file {path} both define the x direction; "
@@ -381,15 +182,33 @@ def _directions(config: ScanConfig, model: nn.Module, model2: nn.Module | None
         if info["ndim"] < config.ndim:
             raise ValueError(f"direction file {path} holds only an x direction (it was made for a 1-D scan); a "
                              f"2-D scan needs ydirection too: pass a new --dir-file (it will be created) or drop --y")
+        own = {k: v.item() if isinstance(v, np.generic) else v for k, v in info["attrs"].items()}
+        own = {k: v for k, v in own.items() if isinstance(v, (str, int, float, bool))}
+        if own.get("model") not in (None, "", config.model_name):
+            raise ValueError(f"direction file {path} was made for model {own['model']!r}, not {config.model_name!r} "
+                             f"(same tensor shapes, other network): use that model's checkpoint, or another "
+                             f"--dir-file")
+        options = {k: own.get(k) for k in DIRECTION_OPTIONS}
+        clash = [f"--{k.replace('_', '-')} {getattr(config, k)} vs {options[k]} in the file"
+                 for k in DIRECTION_OPTIONS if getattr(config, k) is not None and options[k] is not None
+                 and getattr(config, k) != options[k]]
+        if clash:
+            raise ValueError(f"the existing direction file {path} was made with other options "
+                             f"({'; '.join(clash)}): drop those options (the file decides), or name a new --dir-file")
+        unknown = [k for k in DIRECTION_OPTIONS if getattr(config, k) is not None and options[k] is None]
+        if unknown:
+            print(f"notice: {path} does not record {', '.join(unknown)} (a reference-project file?); the given "
+                  f"{', '.join('--' + k for k in unknown)} could not be checked and do not change its directions",
+                  file=sys.stderr)
         dir_type = resolve_dir_type(path, model, config.dir_type)
         directions = load_directions(path, model, dir_type)[:config.ndim]
-        own = {k: v for k, v in info["attrs"].items() if isinstance(v, (str, int, float, bool))}
         meta = {"directions_source": "file" if own else "file (reference project)", "dir_type": dir_type,
-                "directions_meta": own}
+                "directions_meta": own, "options": options}
         return directions, meta
     directions = create_directions(model, dconf, target=model2)
     meta = {"directions_source": "target" if model2 is not None else "random", "dir_type": dconf.dir_type,
-            "directions_meta": {k: v for k, v in asdict(dconf).items()}}
+            "directions_meta": {k: v for k, v in asdict(dconf).items()},
+            "options": {k: getattr(dconf, k) for k in DIRECTION_OPTIONS}}
     if not (path.is_file() and _file_digest(path) == directions_digest(directions)):
         meta["save"] = {"source": meta["directions_source"], "model": config.model_name, **asdict(dconf)}
     return directions, meta
@@ -437,6 +256,13 @@ class ScanSetup:
         """Write newly drawn directions to ``config.dir_path`` (a no-op for a reused file). Call
         it once the output file is known to be yours: a refused run must leave files alone."""
         if "save" in self.dir_meta:
+            path = self.config.dir_path
+            if path.exists() and not self.config.force:  # never replace a direction file silently
+                raise ValueError(f"direction file {path} exists and holds other directions; it is left untouched: "
+                                 f"reuse it with --dir-file {path}, or pass another --dir-file (or --force to "
+                                 f"replace it)")
+            if path.exists():
+                print(f"notice: --force: replacing the direction file {path}", file=sys.stderr)
             save_directions(self.config.dir_path, self.directions, self.model, self.dir_meta["dir_type"],
                             meta=self.dir_meta["save"])
 
@@ -451,14 +277,17 @@ class ScanSetup:
 
 def prepare_scan(config: ScanConfig) -> ScanSetup:
     """Resolve the checkpoint (never a random initialization), load model and data, reuse or draw
-    the directions, and describe the scan (identity and attributes). Touches no output file."""
-    _, world = _world()
+    the directions, and describe the scan (identity and attributes). Touches no output file.
+    Options left out are resolved first (:func:`resolve_config`); ``ScanSetup.config`` is the result."""
+    config = resolve_config(config)
+    _, world = rank_and_world()
     device = _device(config, world)
     if config.dtype == "tf32" and device.type != "cuda":
         raise ValueError(f"dtype tf32 exists only on CUDA devices, not on {device}; use float32 or bfloat16")
     ck_path = _resolve_checkpoint(config)
     model, meta = load_checkpoint(ck_path, name=config.model_name)
     model.eval()
+    _check_finite(model.state_dict(), f"the weights of {ck_path}")
     spec_kwargs = dict(model.spec.kwargs)
     data, data_kwargs = _load_data(config, meta, spec_kwargs.get("num_classes", 10), spec_kwargs.get("in_channels", 3))
     model2 = ck2_sha = None
@@ -467,7 +296,11 @@ def prepare_scan(config: ScanConfig) -> ScanSetup:
             raise FileNotFoundError(f"--model2 checkpoint {config.model2!r} does not exist")
         model2, _ = load_checkpoint(config.model2, name=config.model_name)
         ck2_sha = sha256(config.model2)
+    if model2 is not None:
+        _check_finite(model2.state_dict(), f"the weights of {config.model2}")
     directions, dir_meta = _directions(config, model, model2)
+    for axis, direction in zip("xy", directions):
+        _check_finite(direction, f"the {axis} direction ({dir_meta['directions_source']}, {config.dir_path})")
     digest = directions_digest(directions)
     identity = {
         "model": config.model_name, "model_kwargs": spec_kwargs, "checkpoint_sha256": sha256(ck_path),
@@ -488,9 +321,8 @@ def prepare_scan(config: ScanConfig) -> ScanSetup:
         "checkpoint_sha256": identity["checkpoint_sha256"], "model2": config.model2 or "",
         "model2_sha256": ck2_sha or "", "dataset": config.dataset, "data_root": str(config.data_root),
         "data_kwargs": data_kwargs, "split": config.split, "samples": config.samples if config.samples else 0,
-        "num_samples": {s: len(d) for s, d in data.items()}, "seed": config.seed, "dir_type": dir_meta["dir_type"],
-        "xnorm": config.xnorm, "xignore": config.xignore, "ynorm": config.ynorm, "yignore": config.yignore,
-        "orthogonalize": config.orthogonalize, "same_dir": config.same_dir, "directions_sha256": digest,
+        "num_samples": {s: len(d) for s, d in data.items()}, "normalization": config.normalization,
+        "dir_type": dir_meta["dir_type"], **dir_meta["options"], "same_dir": config.same_dir, "directions_sha256": digest,
         "directions_source": dir_meta["directions_source"], "directions_meta": dir_meta["directions_meta"],
         "directions_cosine": np.nan if cos is None else cos, "dtype": config.dtype, "bn_mode": config.bn,
         "eval_config": asdict(config.eval_config), "device": str(device), "world_size": world,
@@ -509,8 +341,9 @@ def scan(config: ScanConfig) -> ScanResult:
     ranks and rank 0 writes; the file equals a single-process scan's.
     """
     start = time.perf_counter()
-    rank, world = _world()
+    rank, world = rank_and_world()
     setup = prepare_scan(config)
+    config = setup.config  # options left out, resolved from the checkpoint
     if world > 1:
         digests: list[Any] = [None] * world
         dist.all_gather_object(digests, setup.identity["directions_sha256"])
@@ -540,7 +373,7 @@ def scan(config: ScanConfig) -> ScanResult:
         dist.broadcast_object_list(status, src=0)
         if status[0] is not None:
             raise SurfaceConflictError(status[0] if rank == 0 else f"rank 0 could not open {out}: {status[0]}")
-    chunk = config.chunk_size or status[1] or _default_chunk_size(x.size * (1 if y is None else y.size))
+    chunk = config.chunk_size or status[1] or default_chunk_size(x.size * (1 if y is None else y.size))
     try:
         center, directions, data = setup.on_device()
         if store is None:  # ranks > 0: in-memory mirror of the surface
@@ -560,7 +393,20 @@ def scan(config: ScanConfig) -> ScanResult:
     plots = _plot(out) if config.plot and rank == 0 else []
     if rank == 0 and out.exists():
         surface = read_surface(out)
-    return ScanResult(out, surface, config.dir_path, todo_before, time.perf_counter() - start, plots)
+    nonfinite = _count_nonfinite(surface)
+    if nonfinite and rank == 0:
+        print(f"warning: the loss is not finite (NaN or inf) at {nonfinite} of {int(surface.done.sum())} points of "
+              f"{out}: the model diverges there (a smaller --x/--y range stays where it is defined)", file=sys.stderr)
+    return ScanResult(out, surface, config.dir_path, todo_before, time.perf_counter() - start, plots, nonfinite)
+
+
+def _count_nonfinite(surface: Surface) -> int:
+    """Computed points where some split's loss is NaN or inf."""
+    if surface.done is None:
+        return 0
+    losses = [v for k, v in surface.values.items() if k.endswith("_loss")]
+    bad = np.logical_or.reduce([~np.isfinite(v) for v in losses]) if losses else np.zeros_like(surface.done)
+    return int((bad & surface.done).sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,42 +416,17 @@ def scan(config: ScanConfig) -> ScanResult:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m landscapes.scan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=ScanConfig.model, help="registry name (python -m models.summary --list)")
-    g.add_argument("--noshort", action="store_true", help="the model without skip connections")
-    g.add_argument("--checkpoint", help="trained weights (default: runs/<model>_<dataset>/final.pt)")
-    g.add_argument("--model2", help="second checkpoint: x = model2 - model, a 1-D interpolation")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=ScanConfig.dataset, choices=list(DATASETS))
-    g.add_argument("--data-root", default=ScanConfig.data_root)
-    g.add_argument("--data-kw", action="append", default=None, metavar="KEY=VALUE",
-                   help="synthetic data option (default: as the checkpoint was trained)")
-    g.add_argument("--split", default=ScanConfig.split, choices=SPLITS)
-    g.add_argument("--samples", type=int, help="the first N images of the split, in data set order")
-    g = p.add_argument_group("grid and directions")
-    g.add_argument("--x", type=axis_arg("x"), default=ScanConfig.x, help=AXIS_HELP)
-    g.add_argument("--y", type=axis_arg("y"), help="as --x; omit for a 1-D scan")
-    g.add_argument("--dir-type", choices=DIR_TYPES, help="weights, or states (BN statistics too); "
-                   "default: states with --model2, else weights")
-    g.add_argument("--xnorm", default=ScanConfig.xnorm, choices=NORMS)
-    g.add_argument("--xignore", default=ScanConfig.xignore, choices=IGNORES)
-    g.add_argument("--ynorm", default=ScanConfig.ynorm, choices=NORMS)
-    g.add_argument("--yignore", default=ScanConfig.yignore, choices=IGNORES)
-    g.add_argument("--seed", type=int, default=ScanConfig.seed, help="seed of the random directions")
-    g.add_argument("--orthogonalize", action="store_true", help="make y orthogonal to x (per filter)")
-    g.add_argument("--same-dir", action="store_true", help="y = x")
-    g.add_argument("--dir-file", help="direction file to reuse, or to create (default: <out>_dirs.h5)")
+    add_scan_options(p)
     g = p.add_argument_group("evaluation")
     g.add_argument("--batch-size", type=int, help="images per forward (default: from free memory)")
     g.add_argument("--points-per-pass", type=int, help="grid points per batched forward (default: from memory)")
-    g.add_argument("--engine", default=ScanConfig.engine, choices=ENGINES,
+    g.add_argument("--engine", default=EvalConfig.engine, choices=ENGINES,
                    help="auto: batched on CUDA, loop on CPU; naive is the slow reference")
     g.add_argument("--workers", type=int, help="CPU: grid points evaluated in parallel threads (default: torch's "
                    "thread count; each thread then runs one intra-op thread)")
     g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the forward (reduce-overhead: CUDA graphs)")
-    g.add_argument("--device", default=ScanConfig.device, help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default=ScanConfig.dtype, choices=EVAL_DTYPES)
-    g.add_argument("--bn", default=ScanConfig.bn, choices=BN_MODES,
+    g.add_argument("--dtype", default=EvalConfig.dtype, choices=EVAL_DTYPES)
+    g.add_argument("--bn", default=EvalConfig.bn_mode, choices=BN_MODES,
                    help="BN statistics: stored (paper), recalibrate at each point, batch")
     g.add_argument("--calibration-samples", type=int, help="--bn recalibrate: first N images (default: all)")
     g = p.add_argument_group("adaptive sample counts (per-point standard errors; landscapes.sampling)")
@@ -617,14 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-seed", type=int, help="seed of the shared image order (default 0)")
     g.add_argument("--cap", type=float, help="stop a point whose loss is over 3 SE above CAP (e.g. 10, the "
                    "plot's top level)")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", help="surface file (default: results/surfaces/<model>_<dataset>_<grid>.h5)")
+    g = p.add_argument_group("output (scan)")
     g.add_argument("--chunk-size", type=int, help="points per flushed chunk (default: from the grid)")
-    g.add_argument("--flush-seconds", type=float, default=ScanConfig.flush_seconds,
-                   help="write the file at most this often (0: after every chunk)")
-    g.add_argument("--force", action="store_true", help="replace an output computed with other arguments")
     g.add_argument("--plot", action="store_true", help="plot the surface when done (landscapes.plot)")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
@@ -657,18 +473,23 @@ def _sampling_args(args: dict[str, Any]) -> SamplingConfig | None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = vars(build_parser().parse_args(glue_grid_args(sys.argv[1:] if argv is None else argv)))
     started = _init_distributed(args["device"])
-    rank, world = _world()
+    rank, world = rank_and_world()
     try:
-        kw = args.pop("data_kw")
-        args["data_kwargs"] = None if kw is None else parse_key_values(kw)
-        args["sampling"] = _sampling_args(args)
-        result = scan(ScanConfig(**args))
+        shared = scan_config_kwargs(args)
+        own = {k: v for k, v in args.items() if k not in shared and k != "data_kw"}
+        own["sampling"] = _sampling_args(own)
+        result = scan(ScanConfig(**shared, **own))
     except (ValueError, FileNotFoundError) as err:  # CheckpointError, SurfaceConflictError are ValueErrors
         prefix = "error" if world == 1 else f"error (rank {rank})"
         print(f"{prefix}: {err}", file=sys.stderr)
         if started:
             dist.destroy_process_group()
         sys.exit(2)
+    except OSError as err:  # e.g. a full disk: the message says what is on disk and how to go on
+        print(f"error: {err}", file=sys.stderr)
+        if started:
+            dist.destroy_process_group()
+        sys.exit(1)
     except KeyboardInterrupt:  # the points computed so far were flushed on the way out
         print("interrupted: run the same command again to compute the remaining points", file=sys.stderr)
         sys.exit(130)
@@ -688,6 +509,9 @@ def main(argv: Sequence[str] | None = None) -> None:
               + (f"; cos(x, y) = {s.attrs['directions_cosine']:.2g}" if s.y is not None else ""))
         for plot in result.plots:
             print(f"plot: {plot}")
+        if result.nonfinite and result.nonfinite == int(s.done.sum()):
+            print(f"error: the loss is not finite at all {result.nonfinite} points: nothing to plot", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from models.checks import positive_int
+from models.device import cuda_peak_bytes
+
 __all__ = ["memory_budget", "choose_pass_size", "activation_bytes", "balanced"]
 
 
@@ -48,8 +51,7 @@ def choose_pass_size(n_points: int, n_images: int, point_bytes: int, image_bytes
     that the last chunk is not a sliver. Raises ValueError when one point and one image do not fit.
     """
     for name, v in (("n_points", n_points), ("n_images", n_images), ("max_batch", max_batch)):
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1; got {v}")
+        positive_int(name, v)
     if point_bytes < 0 or image_bytes <= 0:
         raise ValueError(f"point_bytes must be >= 0 and image_bytes > 0; got {point_bytes}, {image_bytes}")
     per_point = point_bytes + image_bytes
@@ -78,11 +80,7 @@ def activation_bytes(net: nn.Module, gm: fx.GraphModule | None, probe: torch.Ten
     tensors alive at once along the fx graph, or 4x the largest layer output without a graph."""
     b = probe.shape[0]
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        net(probe)
-        return max(1, math.ceil((torch.cuda.max_memory_allocated(device) - base) / b))
+        return max(1, math.ceil(cuda_peak_bytes(lambda: net(probe), device) / b))
     if gm is not None:
         try:
             ShapeProp(gm).propagate(probe)

@@ -7,13 +7,13 @@ previous complete version on disk. :func:`read_surface` also reads the reference
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from models.checkpoint import atomic_path, package_version
+from models.locking import LockHeldError, file_lock
 
 FORMAT = "resnet-toolkit/1"
 REFERENCE_FORMAT = "tomgoldstein/loss-landscape"
@@ -30,7 +31,7 @@ JSON_ATTRS = frozenset({"identity", "history", "model_kwargs", "data_kwargs", "e
                         "num_samples"})
 _RESERVED = frozenset({"xcoordinates", "ycoordinates", "dir_file", "done", "point_seconds"})
 
-__all__ = ["Surface", "SurfaceStore", "SurfaceConflictError", "read_surface", "write_surface", "FORMAT",
+__all__ = ["Surface", "SurfaceStore", "SurfaceConflictError", "SurfaceWriteError", "available_memory", "read_surface", "write_surface", "FORMAT",
            "REFERENCE_FORMAT"]
 
 
@@ -38,6 +39,9 @@ def open_hdf5(path: str | os.PathLike, kind: str) -> h5py.File:
     """``path`` opened for reading, or an error that names the ``kind`` of file expected
     (surface, direction, trajectory) instead of h5py's own."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise ValueError(f"{kind} file {str(path)!r} is {what}; give the path of a file")
     if not path.is_file():
         raise FileNotFoundError(f"{kind} file {str(path)!r} does not exist")
     try:
@@ -48,6 +52,18 @@ def open_hdf5(path: str | os.PathLike, kind: str) -> h5py.File:
 
 class SurfaceConflictError(ValueError):
     """An existing surface file was computed with other arguments (or is not ours)."""
+
+
+class SurfaceWriteError(OSError):
+    """A surface could not be written (full disk, ...); the message says what is on disk."""
+
+
+def available_memory() -> int:
+    """Bytes of physical memory of this machine (the ceiling for a grid's in-memory arrays)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
 
 
 @dataclass
@@ -104,6 +120,17 @@ def read_surface(path: str | os.PathLike) -> Surface:
     in ``*_loss``/``*_acc``/``*_err`` values becomes NaN.
     """
     path = Path(path)
+    try:
+        return _read_surface(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, KeyError, RuntimeError) as err:  # h5py: checksum mismatch, truncated or garbled blocks
+        raise ValueError(f"{path} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                         f"its values cannot be trusted: move it away, or rerun with --force to recompute "
+                         f"it") from None
+
+
+def _read_surface(path: Path) -> Surface:
     with open_hdf5(path, "surface") as f:
         if "xcoordinates" not in f:
             kind = "a direction file" if "xdirection" in f else "not a surface file"
@@ -146,20 +173,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _dataset(f: h5py.File, name: str, data: np.ndarray) -> None:
+    """A chunked dataset with HDF5's Fletcher32 checksum per chunk: a flipped bit in the file
+    then fails the read instead of handing back a wrong value that a resume would adopt."""
+    f.create_dataset(name, data=data, chunks=True if data.size else None, fletcher32=bool(data.size))
+
+
 def _write_file(path: Path, x: np.ndarray, y: np.ndarray | None, values: Mapping[str, np.ndarray],
                 done: np.ndarray, point_seconds: np.ndarray | None, attrs: Mapping[str, Any], dir_file: str) -> None:
     """Write a complete file under a temporary name, fsync, rename over ``path``."""
     shape = (len(x),) if y is None else (len(y), len(x))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f["xcoordinates"] = x
+            _dataset(f, "xcoordinates", x)
             if y is not None:
-                f["ycoordinates"] = y
+                _dataset(f, "ycoordinates", y)
             for name, v in values.items():
-                f[name] = np.asarray(v, dtype=np.float64).reshape(shape)
-            f["done"] = np.asarray(done, dtype=bool).reshape(shape)
+                _dataset(f, name, np.asarray(v, dtype=np.float64).reshape(shape))
+            _dataset(f, "done", np.asarray(done, dtype=bool).reshape(shape))
             if point_seconds is not None:
-                f["point_seconds"] = np.asarray(point_seconds, dtype=np.float64).reshape(shape)
+                _dataset(f, "point_seconds", np.asarray(point_seconds, dtype=np.float64).reshape(shape))
             f["dir_file"] = dir_file  # a scalar string dataset, as the reference writes it
             for k, v in attrs.items():
                 f.attrs[k] = _encode(v, k)
@@ -189,26 +222,16 @@ def write_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None, 
     return Path(path)
 
 
-class _FileLock:
-    """An advisory lock next to the output so two runs never write one surface at once
-    (the kernel drops it when a process dies, SIGKILL included)."""
-
-    def __init__(self, path: Path):
-        self.path = path.with_name(f".{path.name}.lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            raise SurfaceConflictError(f"another process is writing {path} (lock {self.path} is held); "
-                                       f"wait for it or choose another --out") from None
-
-    def release(self) -> None:
-        if not self.fh.closed:
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
-            self.fh.close()
+def _lock(path: Path) -> ExitStack:
+    """Hold :func:`models.locking.file_lock` on ``.<name>.lock`` beside ``path`` until the returned
+    stack is closed, so two runs never write one surface at once (the lock file is kept: deleting
+    it would let a waiter on the old inode and a newcomer both hold the lock)."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(file_lock(path.with_name(f".{path.name}.lock"), what="scan"))
+    except LockHeldError as err:
+        raise SurfaceConflictError(f"{err} (it is writing {path})") from None
+    return stack
 
 
 class SurfaceStore:
@@ -227,6 +250,11 @@ class SurfaceStore:
         self.y = None if y is None else np.asarray(y, dtype=np.float64)
         self.shape = (len(self.x),) if self.y is None else (len(self.y), len(self.x))
         n = math.prod(self.shape)
+        need = n * (8 * (len(names) + 1) + 1) * 2  # values, seconds, done; a copy of each when written
+        if need > available_memory():
+            raise ValueError(f"a grid of {n:,} points with {len(names)} values needs about {need / 2**30:.3g} GiB of "
+                             f"memory for its arrays, more than this machine's {available_memory() / 2**30:.3g} GiB: "
+                             f"use fewer points per axis")
         self.values = {name: np.full(n, np.nan) for name in names}
         self.done = np.zeros(n, dtype=bool)
         self.point_seconds = np.full(n, np.nan)
@@ -236,7 +264,8 @@ class SurfaceStore:
         self.flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
         self._dirty = False
-        self._lock: _FileLock | None = None
+        self._flushed = 0  # points in the last version written
+        self._lock: ExitStack | None = None
         self._run: dict[str, Any] | None = None
 
     # -- opening -----------------------------------------------------------------------------
@@ -249,8 +278,16 @@ class SurfaceStore:
         unless ``force`` (it is then replaced at the first flush, not before). Takes a lock that
         :meth:`close` releases."""
         path = Path(path)
+        if path.exists() and not path.is_file():
+            what = "a directory" if path.is_dir() else "not a regular file"
+            raise ValueError(f"output {str(path)!r} is {what}; give the path of a surface file (e.g. {path.name}.h5 "
+                             f"in a folder of yours)")
         identity = json.loads(json.dumps(dict(identity), sort_keys=True))
-        lock = _FileLock(path)
+        try:
+            lock = _lock(path)
+        except PermissionError as err:
+            raise ValueError(f"cannot write {path}: permission denied on {err.filename or path.parent}; choose a "
+                             f"writable --out") from None
         try:
             for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
                 stale.unlink(missing_ok=True)
@@ -260,7 +297,7 @@ class SurfaceStore:
                 store._adopt(read_surface(path), identity)
             store._lock = lock
         except BaseException:
-            lock.release()
+            lock.close()
             raise
         return store
 
@@ -281,6 +318,7 @@ class SurfaceStore:
         for name in self.values:
             self.values[name] = old.values[name].reshape(-1).copy()
         self.done = old.done.reshape(-1).copy()
+        self._flushed = int(self.done.sum())
         if isinstance(old.attrs.get("point_seconds"), np.ndarray):
             self.point_seconds = old.attrs["point_seconds"].reshape(-1).copy()
         for k, v in old.attrs.items():
@@ -295,6 +333,11 @@ class SurfaceStore:
                      "points": 0, "seconds": 0.0, **info}
         self.attrs.setdefault("history", [])
         self.attrs["history"] = list(self.attrs["history"]) + [self._run]
+
+    def note_run(self, **info: Any) -> None:
+        """Add ``info`` (e.g. the engine settings) to this run's history entry (no-op outside a run)."""
+        if self._run is not None:
+            self._run.update(info)
 
     def record(self, index: np.ndarray, values: Mapping[str, np.ndarray], seconds_per_point: float,
                done: np.ndarray | bool = True) -> None:
@@ -322,8 +365,16 @@ class SurfaceStore:
         self.attrs["points_total"] = int(self.done.size)
         self.attrs["seconds_per_point"] = float(spent.mean()) if spent.size else float("nan")
         self.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        _write_file(self.path, self.x, self.y, {k: v.reshape(self.shape) for k, v in self.values.items()},
-                    self.done.reshape(self.shape), self.point_seconds.reshape(self.shape), self.attrs, self.dir_file)
+        try:
+            _write_file(self.path, self.x, self.y, {k: v.reshape(self.shape) for k, v in self.values.items()},
+                        self.done.reshape(self.shape), self.point_seconds.reshape(self.shape), self.attrs,
+                        self.dir_file)
+        except OSError as err:
+            on_disk = (f"the file on disk is intact (its last complete version, {self._flushed} of {self.done.size} "
+                       f"points)" if self.path.exists() else "nothing was written")
+            raise SurfaceWriteError(f"could not write {self.path}: {err.strerror or err}; {on_disk}. Free space (or "
+                                    f"fix the folder) and rerun the same command: it resumes") from None
+        self._flushed = int(self.done.sum())
         self._last_flush = time.monotonic()
         self._dirty = False
 
@@ -334,7 +385,7 @@ class SurfaceStore:
                 self.flush()
         finally:
             if self._lock is not None:
-                self._lock.release()
+                self._lock.close()
                 self._lock = None
 
     def __enter__(self) -> SurfaceStore:

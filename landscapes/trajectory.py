@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from models import load_checkpoint, read_checkpoint
-from models.checkpoint import atomic_path, package_version, sha256
+from models.cli import fail
+from models.fileio import atomic_path, package_version, sha256
 
 from .directions import State, save_directions
 from .surface import open_hdf5
@@ -439,8 +439,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                   dir_file=args.dir_file, proj_file=args.proj_file, progress=args.progress)
         result = pca_trajectory(config)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(err))
     r, pr = result.pca.explained_variance_ratio, result.projection
     gx, gy = suggested_axes(pr)
     total = float((pr.distance ** 2).sum())

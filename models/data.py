@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import positive_int
+
 __all__ = [
     "DATASETS",
     "DATA_ENV",
@@ -174,8 +176,7 @@ def load_split(
     (callers whose command has no such flag pass False).
     """
     mean_c, std_c = normalization_constants(name, normalization)
-    if samples is not None and samples < 1:
-        raise ValueError(f"samples must be a positive integer or None, got {samples}")
+    positive_int("samples", samples, allow_none=True, note="None: all")
     if name == "synthetic":
         x, y = make_synthetic(train, **synthetic_kw)  # type: ignore[arg-type]
     else:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "cuda_peak_bytes"]
 
 
 def resolve_device(name: str | torch.device, world: int = 1) -> torch.device:
@@ -21,3 +22,14 @@ def resolve_device(name: str | torch.device, world: int = 1) -> torch.device:
         if world > 1 and text == "cuda":
             text = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return torch.device(text)
+
+
+def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Bytes the CUDA caching allocator held at its peak while ``fn()`` ran, above what was
+    allocated before it. Synchronizes before and after so that queued kernels are counted."""
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base

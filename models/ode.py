@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import DropMode, DropPath, linear_decay
+from .checks import positive_int
 from .registry import register
 
 # torchdiffeq's solvers (odeint's SOLVERS), split by how their steps are chosen.
@@ -26,9 +27,7 @@ def check_solver(method: str, rtol: float, atol: float, steps: int | None, T: fl
         raise ValueError(f"unknown ODE method {method!r}; accepted: adaptive {', '.join(ADAPTIVE_METHODS)}; "
                          f"fixed-grid {', '.join(FIXED_GRID_METHODS)}")
     if method in FIXED_GRID_METHODS:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"fixed-grid method {method!r} needs steps=K, an integer >= 1 (K uniform steps "
-                             f"of size T/K), got {steps!r}")
+        positive_int("steps", steps, note=f"fixed-grid method {method!r} takes K uniform steps of size T/K")
     elif steps is not None:
         raise ValueError(f"{method!r} is adaptive and chooses its own steps; steps={steps!r} applies only to "
                          f"the fixed-grid methods {', '.join(FIXED_GRID_METHODS)}")
@@ -168,7 +167,7 @@ class ODEBlock(CountedField):
             from torchdiffeq import odeint_adjoint  # lazily: torchdiffeq imports scipy (~0.5 s)
             y = odeint_adjoint(self.field, x, t, adjoint_params=tuple(self.func.parameters()), **kw)
         else:
-            from torchdiffeq import odeint
+            from torchdiffeq import odeint  # lazily, as above: start-up time of every models import
             y = odeint(self.field, x, t, **kw)
         self._end(start)
         return y[-1]
@@ -270,16 +269,11 @@ class ODENet(nn.Module):
         return self.head(self.feature(self.stem(x)))
 
 
-def _check_width(width: int) -> None:
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive integer, got {width!r}")
-
-
 def odenet(num_classes: int = 10, in_channels: int = 1, width: int = 64, downsampling: str = "conv",
            method: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-3, steps: int | None = None,
            adjoint: bool = True, T: float = 1.0) -> ODENet:
     """ODE-Net (adjoint, dopri5 by default) or RK-Net (a fixed-grid method, ``adjoint=False``)."""
-    _check_width(width)
+    positive_int("width", width)
     block = ODEBlock(ODEFunc(width), T, method, rtol, atol, steps, adjoint)
     return ODENet(block, width, in_channels, num_classes, downsampling)
 
@@ -287,7 +281,7 @@ def odenet(num_classes: int = 10, in_channels: int = 1, width: int = 64, downsam
 def eulernet(num_classes: int = 10, in_channels: int = 1, width: int = 64, downsampling: str = "conv",
              steps: int = 6, T: float = 1.0) -> ODENet:
     """A weight-tied ResNet: the ODE-Net's field applied by K explicit Euler steps."""
-    _check_width(width)
+    positive_int("width", width)
     return ODENet(EulerStack(ODEFunc(width), steps, T), width, in_channels, num_classes, downsampling)
 
 
@@ -296,9 +290,8 @@ def preact_resnet(num_classes: int = 10, in_channels: int = 1, width: int = 64, 
                   drop_scale_at: str = "test") -> ODENet:
     """Chen et al.'s ResNet: ``blocks`` unshared ResBlocks; ``drop_path`` is the last block's
     drop probability under the linear decay rule of stochastic depth."""
-    _check_width(width)
-    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
-        raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
+    positive_int("width", width)
+    positive_int("blocks", blocks)
     feature = nn.Sequential(*(PreActResBlock(width, width, drop_prob=p, drop_mode=drop_mode,
                                              drop_scale_at=drop_scale_at)
                               for p in linear_decay(blocks, drop_path)))

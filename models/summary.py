@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .blocks import BLOCKS
+from .cli import fail
 from .registry import build, describe, names, parse_key_values
 
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         size = args.input or (3, 32, 32)
         model = build(args.model, num_classes=args.num_classes, in_channels=size[0], **kwargs)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        fail(str(err))
     s = summarize(model, size)
     if args.layers:
         for name, kind, shape, params, macs in s.layers:

@@ -29,9 +29,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, atomic_path, read_checkpoint, save_checkpoint
+from .checks import positive_int
+from .cli import fail
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .data import DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data, normalization_constants
 from .device import resolve_device
+from .fileio import atomic_path
 from .locking import LockHeldError, file_lock
 from .registry import build, parse_key_values, resolve_name
 
@@ -102,8 +105,7 @@ class TrainConfig:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS)}")
         for name in ("epochs", "batch_size", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            positive_int(name, getattr(self, name))
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
         if list(self.milestones) != sorted(self.milestones) or not all(0 < m <= 1 for m in self.milestones):
@@ -388,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = TrainConfig(**args)
         history = train(config)
     except (ValueError, KeyError, OSError, RunConflictError, LockHeldError) as err:
-        sys.exit(f"error: {err}")
+        fail(str(err))
     except KeyboardInterrupt:
         saved = _saved_epochs(config.out_dir)
         kept = f"{saved[0][1]} (epoch {saved[0][0]}) is kept" if saved else "no epoch was complete"

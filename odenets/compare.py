@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,8 @@ import torch
 import torch.nn as nn
 
 from models import build, load_checkpoint, resolve_device
+from models.checks import positive_int
+from models.cli import add_threads_argument, fail, set_threads
 from models.data import DATASETS, DataNotFoundError, DeviceData, default_data_root, load_device_data
 from models.ode import ADAPTIVE_METHODS, counted_blocks, nfe, ode_blocks
 from models.summary import count_params
@@ -88,13 +89,12 @@ class CompareConfig:
         if self.sweep_model is not None and self.sweep_model not in self.models:
             raise ValueError(f"sweep_model {self.sweep_model!r} is not among models {self.models}")
         for name in ("epochs", "batch_size", "memory_batch", "probe_batch", "eval_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            positive_int(name, getattr(self, name))
         for name in ("samples", "test_samples", "sweep_samples"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer or None (all), got {getattr(self, name)}")
-        if any(k < 1 for k in self.euler_steps + self.memory_steps):
-            raise ValueError("euler_steps and memory_steps must be positive integers")
+            positive_int(name, getattr(self, name), allow_none=True, note="None: all")
+        for name in ("euler_steps", "memory_steps"):
+            for k in getattr(self, name):
+                positive_int(f"each of {name}", k)
         if any(not t > 0 for t in self.tolerances) or (self.reference_tol is not None and not self.reference_tol > 0):
             raise ValueError(f"tolerances must be positive, got {self.tolerances}, reference {self.reference_tol}")
 
@@ -366,11 +366,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--force", action="store_true", help="retrain runs whose folder holds another configuration")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+    add_threads_argument(p)
     args = vars(p.parse_args(argv))
-    threads = args.pop("threads")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(args.pop("threads"))
     plots = args.pop("plots")
     for key in ("samples", "test_samples", "sweep_samples"):
         args[key] = args[key] or None
@@ -383,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             from .plots import plot_compare  # matplotlib only when plotting
             figures = plot_compare(Path(config.out) / "compare.json")
     except (ValueError, DataNotFoundError, FileNotFoundError, RunConflictError) as err:
-        sys.exit(f"error: {err}")
+        fail(str(err))
     for r in doc["rows"]:
         print(f"{r['model']}: test error {r['test_error']:.2f}%  params {r['params'] / 1e6:.3f}M  "
               f"NFE-F {_fmt(r['nfe_forward_train'])}  NFE-B {_fmt(r['nfe_backward_train'])}  "

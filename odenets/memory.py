@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from models.device import cuda_peak_bytes
 from models.ode import nfe, ode_blocks
 
 from .solvers import SolverConfig, using_solver
@@ -71,12 +72,7 @@ def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> Me
     """Peak extra memory while ``fn()`` runs on ``device`` (see the module docstring for how)."""
     device = torch.device(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return MemoryReport(torch.cuda.max_memory_allocated(device) - base, CUDA_METHOD)
+        return MemoryReport(cuda_peak_bytes(fn, device), CUDA_METHOD)
     if device.type != "cpu":
         raise ValueError(f"peak memory is measured on cpu or cuda devices, got {device}")
     with StorageTracker() as tracker:

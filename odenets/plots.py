@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from models.cli import fail  # noqa: E402
 
 
 
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         figures = plot_compare(args.compare_json, args.out)
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        fail(str(err))
     print("wrote " + ", ".join(str(f) for f in figures))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch.nn.functional as F
 
 from models import build
 from models.blocks import DropPath
+from models.checks import positive_int
+from models.cli import add_threads_argument, fail, set_threads
 from models.data import load_split
 
 
@@ -51,8 +52,7 @@ class TimingConfig:
         if not set(self.modes) <= {"batch", "row"} or not self.modes:
             raise ValueError(f"modes must be a non-empty subset of ('batch', 'row'), got {self.modes}")
         for name in ("steps", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            positive_int(name, getattr(self, name))
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
 
@@ -144,17 +144,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device)
     p.add_argument("--out", default=None, help="folder for stochastic_depth.json / .md (default: print only)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_argument(p)
     args = vars(p.parse_args(argv))
-    threads = args.pop("threads")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(args.pop("threads"))
     out = args.pop("out")
     args["modes"] = tuple(m for m in args["modes"].split(",") if m)
     try:
         doc = time_training_steps(TimingConfig(**args))
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        fail(str(err))
     text = markdown(doc)
     print(text)
     if out:

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from landscapes.plot import PlotConfig, plot_1d
+from models.cli import fail
 from studies.cache import load_trained, run_path, split_size, trained_record
-from studies.common import fail, parse_args
+from studies.common import parse_args
 from studies.figures import new_figure, save_figure
 from studies.recipes import BATCH_SIZE_MODES, BatchSizeSettings, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme

@@ -11,13 +11,14 @@ from typing import Any
 
 
 from models import resolve_device
+from models.cli import fail
 from models.data import default_data_root
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 # The tiers a study runs in. "cpu" is the one whose results are committed under results/<study>/:
-# the strongest run two CPU cores can do in about an hour per study, on all of MNIST (60k/10k),
+# the strongest run two idle CPU cores can do in one to two hours per study, on all of MNIST (60k/10k),
 # with nets trained until the training loss plateaus and several seeds where differences are small.
 # "full" is the papers' settings (CIFAR-10, hundreds of epochs: a GPU), "quick" a few minutes of
 # qualitative trying-out, "smoke" seconds on synthetic data (the tests). Only the committed tier
@@ -103,7 +104,7 @@ def parse_args(name: str, description: str, argv: list[str] | None = None,
     try:
         claim_out(out, mode_name, ns.overwrite)
     except TierConflictError as err:
-        p.exit(2, f"error: {err}\n")
+        fail(str(err))
     out.mkdir(parents=True, exist_ok=True)
     print(f"{name}: {mode_name} tier, writing {repo_relative(out)}/", file=sys.stderr)
     return StudyArgs(name, mode_name, out, ns.data_root or default_data_root(), str(resolve_device(ns.device)),
@@ -111,8 +112,6 @@ def parse_args(name: str, description: str, argv: list[str] | None = None,
                      ns.download)
 
 
-def fail(message: str) -> None:
-    sys.exit(f"error: {message}")
 
 
 def repo_relative(path: Path) -> str:

@@ -10,8 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from models.cli import fail
 from studies.cache import publish_net, run_path, trained_record
-from studies.common import fail, parse_args, repo_relative
+from studies.common import parse_args, repo_relative
 from studies.figures import curve_style, epoch_axis, family_color, log_error_axis, new_figure, save_figure
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme

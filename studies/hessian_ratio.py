@@ -16,8 +16,9 @@ import torch
 
 from landscapes.hessian import HessianConfig, HessianScanConfig, hessian_scan
 from landscapes.plot import PlotConfig, plot_compare
+from models.cli import fail
 from studies.cache import run_path, trained_record
-from studies.common import fail, parse_args
+from studies.common import parse_args
 from studies.recipes import landscape_label, landscape_net, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import replacing_conflicts, scan_config

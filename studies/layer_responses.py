@@ -14,9 +14,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from models.cli import fail
 from models.data import DeviceData, load_device_data
 from studies.cache import load_trained, split_size, train_cached
-from studies.common import fail, parse_args, repo_relative
+from studies.common import parse_args, repo_relative
 from studies.figures import curve_style, new_figure, save_figure
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme

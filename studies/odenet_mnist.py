@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from models import resolve_device
+from models.cli import fail
 from odenets.compare import PAPER, CompareConfig, compare
 from odenets.plots import plot_compare
-from studies.common import REPO, fail, parse_args
+from studies.common import REPO, parse_args
 from studies.report import Timer, write_json, write_readme
 from studies.stats import binomial_se_pct
 

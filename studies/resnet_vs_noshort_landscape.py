@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from landscapes.plot import PlotConfig, plot_compare, write_comparison
+from models.cli import fail
 from models.train import warmup_enabled
 
 from studies.cache import run_path, split_size, trained_record
-from studies.common import fail, parse_args
+from studies.common import parse_args
 from studies.recipes import LANDSCAPE_TRAINING, landscape_label, landscape_net, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import scan_run

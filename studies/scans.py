@@ -15,7 +15,7 @@ from landscapes.plot import value_array
 from landscapes.scan import ScanConfig, scan
 from landscapes.surface import Surface, SurfaceConflictError
 from models import read_checkpoint
-from models.checkpoint import sha256
+from models.fileio import sha256
 from studies.common import StudyArgs
 
 

@@ -11,11 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from models.cli import fail
 import models
 from models.data import DATASETS
 from models.summary import summarize as count
 from studies.cache import trained_record
-from studies.common import fail, parse_args
+from studies.common import parse_args
 from studies.figures import epoch_axis, log_error_axis, new_figure, save_figure
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from models.blocks import linear_decay
+from models.cli import fail
 from models.data import load_device_data
 from models.train import evaluate, warmup_enabled
 from odenets.stochastic_depth import TimingConfig, time_training_steps
 from studies.cache import load_trained, run_path, trained_record
-from studies.common import fail, parse_args
+from studies.common import parse_args
 from studies.figures import epoch_axis, family_color, log_error_axis, new_figure, save_figure
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme

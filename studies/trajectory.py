@@ -17,8 +17,9 @@ import torch
 from landscapes.plot import PlotConfig, plot_surface_file
 from landscapes.trajectory import (PCAConfig, TrajectoryConfig, pca_trajectory, random_walk_variance,
                                    suggested_axes)
+from models.cli import fail
 from studies.cache import run_path, split_size, trained_record
-from studies.common import fail, parse_args
+from studies.common import parse_args
 from studies.recipes import BATCH_SIZE_MODES, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import scan_run

@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.cli import fail
 import models
 from models.data import DATASETS, load_device_data
-from studies.common import fail, parse_args
+from studies.common import parse_args
 from studies.figures import curve_style, family_color, new_figure, save_figure
 from studies.report import Timer, write_json, write_readme
 

@@ -1,11 +1,13 @@
 """Checkpoints: round trip, weights_only safety, reference-layout files, clear errors."""
 import collections
+import hashlib
 
 import pytest
 import torch
 
 import models
 from models.checkpoint import CheckpointError, detect_shortcut, normalization_of
+from models.fileio import atomic_path, atomic_torch_save, sha256
 
 
 def same_state(a, b):
@@ -114,3 +116,14 @@ def test_detect_shortcut():
     assert detect_shortcut(models.build("resnet20", shortcut="B").state_dict()) == "B"
     assert detect_shortcut(models.build("resnet20", shortcut="C").state_dict()) == "C"
     assert detect_shortcut(models.build("resnet20", shortcut="A").state_dict()) is None
+
+
+def test_file_utilities_write_whole_files_or_none(tmp_path):
+    target = tmp_path / "sub" / "x.pt"
+    atomic_torch_save({"w": torch.arange(3)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(3))
+    assert sha256(target) == hashlib.sha256(target.read_bytes()).hexdigest()
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "y.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]  # neither y.txt nor its temporary

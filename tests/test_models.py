@@ -1,10 +1,15 @@
 """Model registry: parameter counts against the papers, shortcut options, plain twins."""
+import argparse
+
+import numpy as np
 import pytest
 import torch
 import torchvision
 
 import models
 from models.blocks import BasicBlock, ZeroPadShortcut
+from models.checks import positive_int
+from models.cli import add_threads_argument, fail, set_threads
 from models.summary import summarize
 
 
@@ -132,3 +137,34 @@ def test_summary_macs_of_a_single_conv_are_exact():
                                torch.nn.Linear(8 * 5 * 5, 4))
     s = summarize(conv, (3, 10, 10))
     assert s.macs == 8 * 5 * 5 * 3 * 3 * 3 + 8 * 5 * 5 * 4
+
+
+def test_positive_int_accepts_counts_and_names_what_it_refuses():
+    positive_int("epochs", 3)
+    positive_int("epochs", np.int64(3))
+    positive_int("samples", None, allow_none=True)
+    for bad in (0, -2, True, 2.0, None, "3"):
+        with pytest.raises(ValueError, match=r"^epochs must be a positive integer; got "):
+            positive_int("epochs", bad)
+    with pytest.raises(ValueError, match=r"^samples must be a positive integer or None \(None: all\); got 0$"):
+        positive_int("samples", 0, allow_none=True, note="None: all")
+
+
+def test_cli_usage_errors_exit_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        fail("unknown model 'x'; try --list")
+    assert exit_.value.code == 2 and capsys.readouterr().err == "error: unknown model 'x'; try --list\n"
+    p = argparse.ArgumentParser(prog="tool")
+    add_threads_argument(p)
+    assert p.parse_args([]).threads is None and p.parse_args(["--threads", "3"]).threads == 3
+    with pytest.raises(SystemExit) as exit_:
+        p.parse_args(["--threads", "0"])
+    assert exit_.value.code == 2 and "--threads: expected a positive number of threads, got '0'" in capsys.readouterr().err
+    before = torch.get_num_threads()
+    try:
+        set_threads(None)
+        assert torch.get_num_threads() == before
+        set_threads(before + 1)
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)

@@ -3,6 +3,7 @@ ratio maps, ODE-Net on MNIST): their --smoke runs end to end on tiny synthetic d
 they write agree with the models they describe."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -197,7 +198,7 @@ def test_hessian_ratio_smoke(tmp_path, runs, rvn):
 
 # ---- odenet_mnist --------------------------------------------------------------------------
 
-def test_odenet_mnist_smoke_and_reuse(tmp_path, runs):
+def test_odenet_mnist_smoke_and_reuse(tmp_path, runs, capsys):
     out, result = smoke(odenet_mnist, tmp_path, runs)
     assert not result["reused_compare_json"]
     assert (out / "compare.json").is_file() and (out / "compare.md").is_file()
@@ -222,8 +223,9 @@ def test_odenet_mnist_smoke_and_reuse(tmp_path, runs):
     doc = json.loads(before)
     doc["config"]["epochs"] = 7
     (out / "compare.json").write_text(json.dumps(doc))
-    with pytest.raises(SystemExit, match="other settings.*epochs: 7 there vs 2 here"):
+    with pytest.raises(SystemExit) as exit_:
         odenet_mnist.main(["--smoke", "--out", str(out), "--runs", str(runs)])
+    assert exit_.value.code == 2 and re.search("other settings.*epochs: 7 there vs 2 here", capsys.readouterr().err)
     assert json.loads((out / "compare.json").read_text())["config"]["epochs"] == 7
 
 

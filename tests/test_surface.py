@@ -101,7 +101,7 @@ def test_store_refuses_reference_files_and_concurrent_writers(tmp_path):
         SurfaceStore.open(theirs, np.linspace(-1, 1, 3), None, ["train_loss"], {})
     path = tmp_path / "busy.h5"
     with SurfaceStore.open(path, np.linspace(-1, 1, 3), None, ["train_loss"], {}):
-        with pytest.raises(SurfaceConflictError, match="another process is writing"):
+        with pytest.raises(SurfaceConflictError, match="another scan is running here"):
             SurfaceStore.open(path, np.linspace(-1, 1, 3), None, ["train_loss"], {})
 
 
@@ -116,4 +116,4 @@ def test_flush_is_atomic_and_done_matches_values(tmp_path):
             assert s.done.sum() == k + 1
             np.testing.assert_array_equal(s.values["train_loss"][s.done], np.arange(1, k + 2))
             assert np.isnan(s.values["train_loss"][~s.done]).all()
-    assert not list(tmp_path.glob(".s.h5.tmp-*")) and not list(tmp_path.glob(".s.h5.lock"))
+    assert not list(tmp_path.glob(".s.h5.tmp-*"))  # the lock file stays (models.locking: deleting it races)

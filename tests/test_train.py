@@ -161,7 +161,7 @@ def test_conflicting_run_is_refused_unless_forced(reference, tmp_path):
 def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--model", "resnet9000", "--dataset", "synthetic", "--out", str(tmp_path / "bad")])
-    assert str(exit_.value.code).startswith("error: unknown model 'resnet9000'")
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: unknown model 'resnet9000'")
     main(["--model", "resnet8", "--dataset", "synthetic", "--data-kw", "image_size=8", "--data-kw", "size=64",
           "--test-samples", "32", "--epochs", "1", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "ok")])
     assert "test accuracy" in capsys.readouterr().out
@@ -233,9 +233,10 @@ def test_two_runs_into_one_directory_never_both_run(tmp_path, monkeypatch, capsy
         f"by process {os.getpid()}" in seen[0]
     assert models.read_checkpoint(tmp_path / "final.pt")["meta"]["config"]["lr"] == 0.1
     assert (tmp_path / LOCK_FILE).exists()  # kept: deleting a lock file races
+    capsys.readouterr()
     with file_lock(tmp_path / LOCK_FILE), pytest.raises(SystemExit) as exit_:
         main(["--model", "resnet8", "--dataset", "synthetic", "--data-kw", "image_size=8", "--out", str(tmp_path)])
-    assert str(exit_.value.code).startswith("error: another training run is running here")
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: another training run is running here")
 
 
 def test_normalization_is_a_checked_config_field():
@@ -244,12 +245,13 @@ def test_normalization_is_a_checked_config_field():
         TrainConfig("resnet8", dataset="synthetic", normalization="loss-landscape")
 
 
-def test_data_root_defaults_to_the_environment_variable(tmp_path, monkeypatch):
+def test_data_root_defaults_to_the_environment_variable(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RESNET_TOOLKIT_DATA", str(tmp_path / "shared"))
     assert TrainConfig("resnet8").data_root == str(tmp_path / "shared")
     with pytest.raises(SystemExit) as exit_:
         main(["--model", "resnet8", "--dataset", "mnist", "--out", str(tmp_path / "run")])
-    msg = str(exit_.value.code)
+    msg = capsys.readouterr().err
+    assert exit_.value.code == 2 and msg.count("\n") == 1
     assert os.path.join(str(tmp_path / "shared"), "MNIST", "raw") in msg
     assert "--data-root" in msg and "$RESNET_TOOLKIT_DATA" in msg and "--download" in msg
 
@@ -276,16 +278,16 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert "after 2 epochs" in capsys.readouterr().out
 
 
-def test_unwritable_run_directory_is_one_clear_line(tmp_path):
+def test_unwritable_run_directory_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     argv = ["--model", "resnet8", "--dataset", "synthetic", "--data-kw", "image_size=8", "--data-kw", "size=32",
             "--epochs", "1", "--no-progress"]
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--out", str(tmp_path / "a_file" / "run")])
-    assert str(exit_.value.code).startswith(f"error: cannot write the run directory {tmp_path / 'a_file' / 'run'}: ")
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith(f"error: cannot write the run directory {tmp_path / 'a_file' / 'run'}: ")
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only directories")
     (tmp_path / "ro").mkdir(mode=0o555)
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--out", str(tmp_path / "ro")])
-    assert "Permission denied; choose a writable --out" in str(exit_.value.code)
+    assert exit_.value.code == 2 and "Permission denied; choose a writable --out" in capsys.readouterr().err
