@@ -321,7 +321,8 @@ def _save(fig, path, self_contained: bool, script: str = "") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(path), include_plotlyjs=True if self_contained else "directory", full_html=True,
-                   post_script=script or None, config={"displaylogo": False})
+                   post_script=script or None, config={"displaylogo": False},
+                   div_id="landscape")  # a fixed id: re-rendering an unchanged page leaves git nothing to show
     return path
 
 
