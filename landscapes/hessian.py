@@ -23,6 +23,9 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.func import functional_call
 from tqdm import tqdm
 
+from models.checks import positive_int
+from models.cli import fail
+
 from .directions import State
 from .grid import Axis, glue_grid_args, grid_coords
 from .options import add_scan_options, scan_config_kwargs
@@ -75,8 +78,7 @@ class HessianConfig:
         if not self.tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol}")
         for name in ("max_iter", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            positive_int(name, getattr(self, name))
 
 
 @dataclass
@@ -482,8 +484,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             scan_cfg = replace(scan_cfg, out=str(default.with_name(f"{default.stem}_hessian.h5")))
         surface = hessian_scan(HessianScanConfig(scan_cfg, hcfg))
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(err))
     except OSError as err:  # e.g. a full disk: the message says what is on disk and how to go on
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -22,7 +22,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from models import load_checkpoint, read_checkpoint, resolve_device, resolve_name
-from models.checkpoint import normalization_of, package_version, sha256
+from models.checkpoint import normalization_of
+from models.fileio import package_version, sha256
 from models.data import DATA_ENV, DeviceData, default_data_root, load_device_data, normalization_constants
 from models.train import TrainConfig
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from models.checks import positive_int
 from models import resolve_name
 from models.data import DATASETS, NORMALIZATIONS
 
@@ -52,8 +53,7 @@ class ScanTarget:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS)}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {self.split!r}")
-        if self.samples is not None and self.samples < 1:
-            raise ValueError(f"samples must be a positive integer, got {self.samples}")
+        positive_int("samples", self.samples, allow_none=True)
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {self.normalization!r}")
 
@@ -103,8 +103,7 @@ class OutputOptions:
     plot: bool = False                 # plot the finished surface (landscapes.plot)
 
     def __post_init__(self) -> None:
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size}")
+        positive_int("chunk_size", self.chunk_size, allow_none=True)
         if self.flush_seconds < 0:
             raise ValueError(f"flush_seconds must be >= 0, got {self.flush_seconds}")
 

@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from models.checkpoint import atomic_path, package_version
+from models.fileio import atomic_path, package_version
 from models.locking import LockHeldError, file_lock
 
 FORMAT = "resnet-toolkit/1"

@@ -17,9 +17,6 @@ import torch
 import torch.nn as nn
 
 from .fileio import atomic_torch_save, package_version
-# Re-exported only until landscapes.scan and landscapes.surface (being restructured in parallel)
-# import them from models.fileio; nothing else uses these names from here.
-from .fileio import atomic_path, sha256  # noqa: F401
 from .registry import ModelSpec, build
 
 FORMAT = "resnet-toolkit/1"
