@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import datetime
 import os
 import platform
@@ -96,9 +97,12 @@ def peak_tflops(device: torch.device, dtype: str) -> float | None:
     return next((peaks[dtype] for gpu, peaks in PEAK_TFLOPS.items() if gpu in name), None)
 
 
+@functools.cache
 def code_version() -> str:
     """The commit the engine was timed at (``-dirty``: with uncommitted changes other than the
-    results file itself), so rows of different engine versions can be told apart."""
+    results file itself), so rows of different engine versions can be told apart. Taken once, when
+    the bench starts (see the call below the definition): a long run must not record the commit
+    the checkout has moved on to by the time it ends."""
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
@@ -113,6 +117,9 @@ def code_version() -> str:
         return "unknown"
     changes = git("status", "--porcelain", "--untracked-files=no", "--", ":/", f":(exclude){RESULTS}")
     return commit + ("-dirty" if changes else "")
+
+
+code_version()  # pin the commit at start-up
 
 
 def machine_name(device: torch.device) -> str:
