@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from landscapes.plot import value_array
+from landscapes.values import value_array
 from landscapes.scan import ScanConfig, scan
 from landscapes.surface import Surface, SurfaceConflictError
 from models import read_checkpoint

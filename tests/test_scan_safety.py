@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import errno
 import fcntl
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
+import models
+from landscapes import scan as scan_mod
 from landscapes import surface as surface_mod
+from landscapes.directions import DirectionConfig, create_directions, save_directions
+from landscapes.hessian import HessianConfig, HessianScanConfig, hessian_scan
+from landscapes.hessian import main as hessian_main
+from landscapes.scan import ScanConfig, main, scan
 from landscapes.surface import SurfaceConflictError, SurfaceStore, read_surface, write_surface
+from models.data import load_device_data
 
 
 def _small_store(path, flush_seconds=0.0):
@@ -82,18 +91,6 @@ def test_a_file_truncated_mid_file_is_reported_as_damaged(tmp_path):
 # ================================================================================================
 # scans
 # ================================================================================================
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-import models  # noqa: E402
-from landscapes import scan as scan_mod  # noqa: E402
-from landscapes.directions import DirectionConfig, create_directions, save_directions  # noqa: E402
-from landscapes.hessian import HessianConfig, HessianScanConfig, hessian_scan  # noqa: E402
-from landscapes.hessian import main as hessian_main  # noqa: E402
-from landscapes.scan import ScanConfig, main, scan  # noqa: E402
-from models.data import load_device_data  # noqa: E402
 
 DATA_KW = {"image_size": 8, "size": 256}
 
