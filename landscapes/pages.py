@@ -267,8 +267,7 @@ def _write_panels(panels, path, config: PlotConfig, trajectory: Projection | Non
                       margin={"t": 150, "l": 60, "r": 40, "b": 70},
                       legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.06, "yanchor": "top"},
                       hoverlabel={"font": {"size": 12}})
-    script = _SCRIPT.replace("__STATES__", json.dumps(states)).replace("__RAW__", json.dumps(raw)).replace("__SE__", json.dumps(suffixes)) \
-        .replace("__NOTE__", json.dumps(int(np.isfinite(allz).sum()))).replace("__KEY__", json.dumps(key0))
+    script = _controls_script(path, self_contained, [states, raw, suffixes, int(np.isfinite(allz).sum()), key0])
     return _save(fig, path, self_contained, script)
 
 
@@ -348,11 +347,10 @@ def _write_1d(surface: Surface, path, config: PlotConfig, title: str, self_conta
 # The controls' redrawing: every state was computed in Python (_state); this only maps the raw
 # values kept in the page through the chosen scale and cap. "#log", "#linear", "#cap=5" in the
 # address open the page in that state.
-_SCRIPT = r"""
-(function () {
-  var gd = document.getElementById('{plot_id}');
-  var STATES = __STATES__, RAW = __RAW__, SE = __SE__, TOTAL = __NOTE__;
-  var cur = __KEY__;
+CONTROLS_FILE = "landscape-controls.js"  # written once per folder, beside plotly.min.js
+_CONTROLS_JS = r"""
+window.landscapeControls = function (plotId, STATES, RAW, SE, TOTAL, cur) {
+  var gd = document.getElementById(plotId);
   var mode = cur.split('|')[0], cap = cur.split('|')[1];
   function g4(v) { return String(parseFloat(v.toPrecision(4))); }
   function apply() {
@@ -418,5 +416,27 @@ _SCRIPT = r"""
     });
     apply();
   }
+};
+"""
+# A page calls the shared function with its own data; a folder page loads the file first.
+_LOADER = r"""
+(function () {
+  var go = function () { __CALL__ };
+  if (window.landscapeControls) { go(); return; }
+  var s = document.createElement('script');
+  s.src = '__FILE__'; s.onload = go; document.head.appendChild(s);
 })();
 """
+
+
+def _controls_script(path: Path, self_contained: bool, args: list) -> str:
+    """The page's call of the shared controls; the function itself is embedded (self-contained) or
+    written once beside the page as CONTROLS_FILE, so pages in a folder do not each carry a copy."""
+    call = "landscapeControls('{plot_id}', " + ", ".join(json.dumps(a) for a in args) + ");"
+    if self_contained:
+        return _CONTROLS_JS + call
+    shared = Path(path).parent / CONTROLS_FILE
+    if not shared.is_file() or shared.read_text() != _CONTROLS_JS:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shared.write_text(_CONTROLS_JS)
+    return _LOADER.replace("__CALL__", call).replace("__FILE__", CONTROLS_FILE)

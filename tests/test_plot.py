@@ -295,12 +295,16 @@ def test_comparison_page_shares_one_scale_levels_titles_and_marks_the_cap(tmp_pa
     assert "10" in [s["label"] for s in layout["sliders"][0]["steps"]]
     # a second page in the folder reuses the one plotly.min.js; --self-contained embeds it
     main([str(a), "--html", "--out", str(tmp_path / "pages" / "a.html")])
-    assert sorted(p.name for p in page.parent.iterdir()) == ["a.html", "cmp.html", "plotly.min.js"]
+    # ... and the one controls script (pages carry only a call with their own data)
+    assert sorted(p.name for p in page.parent.iterdir()) == ["a.html", "cmp.html", "landscape-controls.js",
+                                                            "plotly.min.js"]
+    assert "window.landscapeControls = function" not in page.read_text() and "landscapeControls('" in page.read_text()
     assert page.stat().st_size < 100_000
     alone = tmp_path / "mail" / "a.html"
     main([str(a), "--html", "--self-contained", "--out", str(alone)])
     assert_html(alone, self_contained=True)
-    assert not (alone.parent / "plotly.min.js").exists()
+    assert not (alone.parent / "plotly.min.js").exists() and not (alone.parent / "landscape-controls.js").exists()
+    assert "window.landscapeControls = function" in alone.read_text()  # the controls travel inside the page too
 
 
 def test_single_surface_page_follows_the_same_rules(tmp_path):
