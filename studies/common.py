@@ -68,7 +68,8 @@ def claim_out(out: Path, mode: str, overwrite: bool) -> None:
     found = Path(out) / "results.json"
     if found.is_file() and not overwrite:
         try:
-            tier = json.loads(found.read_text()).get("tier") or json.loads(found.read_text()).get("mode")
+            saved = json.loads(found.read_text())
+            tier = saved.get("tier") or saved.get("mode")
         except (OSError, ValueError):
             tier = None
         if tier is not None and tier != mode:

@@ -35,11 +35,18 @@ def markdown_table(rows: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Said at the top of every quick-tier README: its nets are trained for minutes, so its numbers try
+# the code, they do not test the paper's claim (that is the committed cpu tier's job).
+QUICK_CAVEAT = ("**Quick tier**: nets trained for a few hundred steps on an MNIST subset, one seed, no error bars; "
+                "its numbers try the code path and do not test the paper's claim (see studies/README.md for what "
+                "each study's committed evidence shows).")
+
+
 def write_readme(args: StudyArgs, title: str, claim: str, tables: dict[str, list[dict[str, Any]]],
                  figures: Iterable[str], observed: str, notes: str = "", seconds: float | None = None) -> Path:
     """results/<study>/README.md: the paper's claim, our numbers beside the published ones, the
     exact command, the figures, and what we saw (including where it differs, and why)."""
-    parts = [f"# {title}", "", f"**Paper's claim.** {claim}", "",
+    parts = [f"# {title}", "", *([QUICK_CAVEAT, ""] if args.mode == "quick" else []), f"**Paper's claim.** {claim}", "",
              f"**Command.** `{args.command()}` (mode: {args.mode}, seed {args.seed}, device {args.device}"
              + (f", {seconds:.0f} s" if seconds is not None else "") + ")", ""]
     for caption, rows in tables.items():

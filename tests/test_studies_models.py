@@ -230,3 +230,15 @@ def test_published_nets_are_restored_instead_of_retrained(tmp_path, monkeypatch)
     for a, b in zip(models.read_checkpoint(run / "final.pt")["state_dict"].values(),
                     models.read_checkpoint(run2 / "final.pt")["state_dict"].values()):
         assert torch.equal(a, b)
+
+
+def test_quick_readmes_say_they_do_not_test_the_claim(tmp_path):
+    """A quick-tier README opens with the caveat; the committed cpu tier's does not carry it."""
+    from studies.common import StudyArgs
+    from studies.report import QUICK_CAVEAT, write_readme
+
+    for mode, expected in (("quick", True), ("cpu", False)):
+        out = tmp_path / mode
+        out.mkdir()
+        write_readme(StudyArgs("x", mode, out, "data", "cpu", 0, {}), "T", "C", {}, [], "seen")
+        assert ((out / "README.md").read_text().split("\n")[2] == QUICK_CAVEAT) is expected
