@@ -29,6 +29,10 @@ MNIST_TEST_IMAGES = 10_000
 MODES: dict[str, dict[str, Any]] = {
     # Chen et al.: all 60k MNIST images, 160 epochs (their code: SGD lr 0.1, batch 128), full test set.
     "full": dict(epochs=160, samples=None, test_samples=None, sweep_samples=None),
+    # The cpu tier: Chen et al.'s data (all 60k training / 10k test images), 6 epochs (lr /10 at 50%
+    # and 75%), the solver sweep over 2,000 test images. Defined but not yet run on 2 cores (the ODE-Net
+    # alone is ~9 min per epoch there); see studies/README.md.
+    "cpu": dict(epochs=6, samples=None, test_samples=None, sweep_samples=2000, memory_steps=(1, 2, 4, 8, 16, 32, 64)),
     "quick": dict(epochs=3, samples=6000, test_samples=2000, milestones=(0.7,), sweep_samples=1000,
                   memory_steps=(1, 2, 4, 8, 16, 32, 64)),
     "smoke": dict(models=("resnet_mnist[width=4]", "rknet_mnist[width=4]", "odenet_mnist[width=4,rtol=0.1,atol=0.1]"),

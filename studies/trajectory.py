@@ -40,6 +40,7 @@ class Settings:
 # the trained checkpoints through the run cache, as the paper draws its Fig. 9 from the Fig. 3 nets.
 MODES = {
     "full": Settings(51, None),
+    "cpu": Settings(21, 2000),
     "quick": Settings(15, 256),
     "smoke": Settings(5, 32),
 }

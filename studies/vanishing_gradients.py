@@ -42,6 +42,8 @@ class Settings:
 
 SETTINGS = {
     "full": Settings(dataset="cifar10"),
+    # At initialization nothing is trained, so the committed tier measures the quick settings on MNIST.
+    "cpu": Settings(),
     "quick": Settings(),
     "smoke": Settings(chain_batch=32, mlp_depth=6, mlp_width=16, cnn_depths=(8, 20), batch=16,
                       dataset="synthetic", data_kwargs=(("image_size", 8), ("size", 16))),

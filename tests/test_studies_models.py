@@ -242,3 +242,25 @@ def test_quick_readmes_say_they_do_not_test_the_claim(tmp_path):
         out.mkdir()
         write_readme(StudyArgs("x", mode, out, "data", "cpu", 0, {}), "T", "C", {}, [], "seen")
         assert ((out / "README.md").read_text().split("\n")[2] == QUICK_CAVEAT) is expected
+
+
+def test_every_study_defines_every_tier():
+    """`--cpu` (and every other tier flag) is offered by every study, so each per-tier table of
+    every study module must name every tier; a missing one was a KeyError after the flag parsed."""
+    import importlib
+    import pkgutil
+
+    import studies
+    from studies.common import TIERS
+
+    # stochastic_depth's cpu tier is its interleaved timing (TIMING_DEPTHS), which trains nothing
+    not_cpu = {("stochastic_depth", "DEPTH"), ("stochastic_depth", "OVERRIDES")}
+    tables = 0
+    for info in pkgutil.iter_modules(studies.__path__):
+        module = importlib.import_module(f"studies.{info.name}")
+        for name, value in vars(module).items():
+            if isinstance(value, dict) and {"quick", "smoke"} <= set(value):
+                tables += 1
+                need = set(TIERS) - {"cpu"} if (info.name, name) in not_cpu else set(TIERS)
+                assert need <= set(value), f"studies.{info.name}.{name} lacks {need - set(value)}"
+    assert tables >= 15  # the tables of all studies and recipes were found
