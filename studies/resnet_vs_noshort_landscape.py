@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from landscapes.plot import PlotConfig, plot_compare, write_comparison
+from landscapes.sampling import SamplingConfig, sampling_summary
 from models.cli import fail
 from models.train import warmup_enabled
 
@@ -40,6 +41,7 @@ class Settings:
     grid: str
     samples: int | None
     html_depth: int  # the pair drawn as interactive 3-D surfaces in one HTML page
+    sampling: SamplingConfig | None = None  # adaptive sample counts (None: every point sees all images)
 
 
 MODES = {
@@ -52,9 +54,13 @@ MODES = {
     # 6e3-1.6e10 at the corners, 1e2-3e5 at |alpha| = |beta| = 0.5), so the grid spans their basin.
     "quick": Settings((20, 56), "-0.3:0.3:13", 256, 56),
     # The cpu tier: the paper's scale ([-1, 1]^2, filter-normalized, biases and BN ignored) on a 31x31 grid
-    # over 2,000 MNIST training images, for the converged nets of the degradation study.
-    "cpu": Settings((20, 56), "-1:1:31", 2000, 56),
-    "smoke": Settings((8,), "-1:1:5", 32, 8),
+    # over 2,000 MNIST training images, for the converged nets of the degradation study. Every point whose
+    # loss is below 10 (the contour plots' top level) is the mean over all 2,000 images; a point whose
+    # loss lies more than 3 SE above 10 stops after 512 or 1,024 of them (landscapes.sampling, with its
+    # SE stored): on 2 cores a full 31x31 scan of a 56-layer net is ~40 core-minutes, and most of the
+    # [-1, 1]^2 square lies far above any drawn contour.
+    "cpu": Settings((20, 56), "-1:1:31", 2000, 56, SamplingConfig(precision=0.0, cap=10.0)),
+    "smoke": Settings((8,), "-1:1:5", 32, 8, SamplingConfig(precision=0.0, cap=10.0, chunk=8)),
 }
 def slice_stats(surface: Any, value: str = "train_loss") -> dict[str, Any]:
     """Numbers that say how convex and how wide the 2-D slice is (computed from the grid alone):
@@ -93,12 +99,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      warmup=warmup_enabled(config))
                 with Timer() as scan_timer:
                     res = scan_run(args, run_path(rec), args.out / "surfaces" / f"{rec['model']}.h5",
-                                   x=settings.grid, y=settings.grid, samples=settings.samples)
+                                   x=settings.grid, y=settings.grid, samples=settings.samples,
+                                   sampling=settings.sampling)
                 surfaces[rec["label"]] = res.surface
                 rec.update(surface=f"surfaces/{rec['model']}.h5", scan_seconds=scan_timer.seconds,
                            seconds_per_point=res.surface.attrs.get("seconds_per_point"),
                            paper_test_error=PAPER_TEST_ERROR.get((depth, residual)),
                            **slice_stats(res.surface))
+                if settings.sampling is not None:
+                    rec["sampling"] = sampling_summary(res.surface.values)
                 del rec["history"][:-1]  # the per-epoch history stays in the run folder
                 records.append(rec)
     except (ValueError, FileNotFoundError) as err:
@@ -132,7 +141,9 @@ def table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "test error % (Li et al., CIFAR-10, as quoted)": r["paper_test_error"],
              "loss at center": r["center_loss"], "min loss on grid": r["min_loss"],
              "convex fraction": r["convex_fraction"], "local minima": r["local_minima"],
-             "grid within +1 of center": r["basin_fraction"], "s/point": r["seconds_per_point"]} for r in records]
+             "grid within +1 of center": r["basin_fraction"], "s/point": r["seconds_per_point"],
+             **({"images per point (min-max)": f"{r['sampling']['images_min']}-{r['sampling']['images_max']}"}
+                if "sampling" in r else {})} for r in records]
 
 
 def plot(surfaces: dict[str, Any], settings: Settings, out: Path, dataset: str) -> list[str]:
@@ -201,6 +212,14 @@ def notes(args: Any, settings: Settings, template: Any) -> str:
              f"grid {settings.grid} on both axes, seed {args.seed}. The surfaces are in `surfaces/*.h5` "
              f"(reference-project layout); `resnet{settings.html_depth}_vs_noshort_3d.html` is an interactive "
              f"3-D view.",
+             *([] if settings.sampling is None else [
+                 f"Images per point: every point whose train loss is below {settings.sampling.cap:g} (the top "
+                 f"contour level) is the mean over all {settings.samples:,} images; a point whose loss lies more "
+                 f"than 3 standard errors above {settings.sampling.cap:g} stops after {settings.sampling.chunk} or "
+                 f"{2 * settings.sampling.chunk} of them (same seeded image order at every point; the SE is stored "
+                 f"in the surface as `train_loss_se`). Such points are drawn clipped at the top level in every "
+                 f"plot, so the figures and every statistic below the cap are those of the full "
+                 f"{settings.samples:,}-image evaluation."]),
              "Slice statistics are read off the grid: *convex fraction* is the share of interior grid points "
              "whose finite-difference 2x2 Hessian of the slice is positive semidefinite; *local minima* counts "
              "interior grid points lower than their 8 neighbours. They describe the 2-D slice only; "

@@ -87,6 +87,11 @@ def test_resnet_vs_noshort_smoke(rvn):
         assert s.complete and s.values["train_loss"].shape == (5, 5)
         assert np.isfinite(s.values["train_loss"]).all() and (s.values["train_loss"] > 0).all()
         assert ((0 <= s.values["train_acc"]) & (s.values["train_acc"] <= 100)).all()
+        # Adaptive counts: below the cap every point saw all 32 images; a point that stopped early
+        # lies more than 3 SE above the cap, and the record reports the counts the file holds.
+        n, z, se = (s.values[k] for k in ("train_n", "train_loss", "train_loss_se"))
+        assert (n[z < 10] == 32).all() and (z[n < 32] - 3 * se[n < 32] > 10).all()
+        assert net["sampling"]["images_max"] == n.max() and net["sampling"]["image_evaluations"] == n.sum()
         # The grid's middle point is the trained model itself, on the first 32 training images.
         loss, error = evaluate(load_trained(run_path(net)), data)
         assert s.values["train_loss"][2, 2] == pytest.approx(loss, rel=1e-5)
