@@ -41,3 +41,13 @@ def final_train_error(record: dict[str, Any]) -> float:
     measured it (the cpu tier), else the last epoch's running average in train mode."""
     last = record["history"][-1]
     return last.get("train_error_eval", last["train_error"])
+
+
+def last_epoch_loss_change(record: dict[str, Any]) -> float:
+    """Relative change (%) of the training loss over the last epoch (eval mode on the fixed subset
+    when measured, else the running train-mode loss): how close to a plateau a net stopped."""
+    if len(record["history"]) < 2:
+        return math.nan
+    key = "train_loss_eval" if "train_loss_eval" in record["history"][-1] else "train_loss"
+    before, last = record["history"][-2][key], record["history"][-1][key]
+    return 100.0 * (last - before) / before

@@ -264,3 +264,13 @@ def test_every_study_defines_every_tier():
                 need = set(TIERS) - {"cpu"} if (info.name, name) in not_cpu else set(TIERS)
                 assert need <= set(value), f"studies.{info.name}.{name} lacks {need - set(value)}"
     assert tables >= 15  # the tables of all studies and recipes were found
+
+
+def test_last_epoch_loss_change_prefers_the_eval_mode_loss():
+    from studies.stats import last_epoch_loss_change
+
+    h = [{"train_loss": 1.0, "train_loss_eval": 0.04}, {"train_loss": 0.5, "train_loss_eval": 0.03}]
+    assert last_epoch_loss_change({"history": h}) == pytest.approx(-25.0)
+    assert last_epoch_loss_change({"history": [{k: v for k, v in e.items() if k == "train_loss"} for e in h]}) \
+        == pytest.approx(-50.0)
+    assert math.isnan(last_epoch_loss_change({"history": h[:1]}))
