@@ -16,6 +16,7 @@ from models import count_params, load_checkpoint, read_checkpoint, save_checkpoi
 from models.data import load_device_data
 from models.train import train
 from studies.common import REPO, repo_relative
+from studies.stats import binomial_se_pct, final_train_error
 
 
 _NOT_IDENTITY = ("out", "progress", "data_root", "download", "save_every", "force")
@@ -104,6 +105,25 @@ def publish_net(run: Path, out: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest, model, {k: v for k, v in ck["meta"].items() if k not in ("model", "model_kwargs", "version")})
     return dest
+
+
+def publish_records(records: list[dict[str, Any]], out: Path, recipe: str) -> None:
+    """:func:`publish_net` for each :func:`trained_record` (its path stored as ``record["published"]``),
+    and ``out/nets/README.md`` listing them with their errors, so that a reader of the folder knows
+    what each file is without loading it. ``recipe`` is one sentence on how they were trained."""
+    rows = []
+    for r in records:
+        dest = publish_net(run_path(r), out)
+        r["published"] = repo_relative(dest)
+        rows.append(f"| `{dest.name}` | {r.get('label', r['model'])} | {r['seed']} | {final_train_error(r):.2f} | "
+                    f"{r['final_test_error']:.2f} ± {binomial_se_pct(r['final_test_error'], r['test_samples_n']):.2f} |")
+    text = ["# Trained nets of the cpu tier (published for rescans)", "",
+            f"Final weights and metadata (configuration, per-epoch history; no optimizer state). {recipe} A study's "
+            "run cache (`studies/cache.py: train_cached`) restores a file here instead of retraining the run whose "
+            "key is its name, so a fresh clone can rescan or re-measure these nets without training.", "",
+            "| file | net | seed | training error % (eval mode) | test error % (± binomial SE) |",
+            "|---|---|---|---|---|", *rows]
+    (Path(out) / "nets" / "README.md").write_text("\n".join(text) + "\n")
 
 
 def restore_published(run: Path) -> bool:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from models.cli import fail
-from studies.cache import publish_net, run_path, trained_record
-from studies.common import parse_args, repo_relative
+from studies.cache import publish_records, trained_record
+from studies.common import parse_args
 from studies.figures import curve_style, epoch_axis, family_color, log_error_axis, new_figure, save_figure
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
@@ -165,9 +165,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     v = verdict(records)
     figures = plot(records, args.out, template.dataset)
     if args.mode == "cpu":  # the first seed's nets, so that others can rescan them without retraining
-        for r in records:
-            if r["seed"] == seeds[0]:
-                r["published"] = repo_relative(publish_net(run_path(r), args.out))
+        publish_records([r for r in records if r["seed"] == seeds[0]], args.out,
+                        f"Trained by `python studies/degradation.py --cpu` (the recipe of `studies/recipes.py`: "
+                        f"{template.samples or 'all'} MNIST training images, {template.epochs} epochs, lr {template.lr} "
+                        f"with He et al.'s warm-up); training error on the first {template.train_eval_samples:,} "
+                        f"training images, test error on {records[0]['test_samples_n']:,} test images.")
     test_n = records[0]["test_samples_n"]
     result = {"study": NAME, "tier": args.mode, "mode": args.mode, "dataset": template.dataset,
               "seeds": sorted({r["seed"] for r in records}), "train_samples": records[0]["train_samples_n"],

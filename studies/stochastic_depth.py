@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "train error % in eval mode (ours)": r["eval_train_error"],
               "train images/s (ours, median)": r["train_images_per_s"],
               "relative training time": r["relative_train_time"], "wall s (ours)": r["wall_seconds"],
-              f"test error % (Huang et al., CIFAR-10, ResNet-110)": PAPER_TEST_ERROR[n]}
+              "test error % (Huang et al., CIFAR-10, ResNet-110)": PAPER_TEST_ERROR[n]}
              for n, r in records.items()]
     notes = [f"Recipe: {template.dataset}, {template.samples or 'all'} training images, {template.epochs} epochs, "
              f"batch {template.batch_size}, SGD lr {template.lr} momentum {template.momentum} (/10 at 50% and "

@@ -222,7 +222,12 @@ def test_published_nets_are_restored_instead_of_retrained(tmp_path, monkeypatch)
     history, run = cache.train_cached(config, tmp_path / "runs")
     repo = tmp_path / "repo"
     monkeypatch.setattr(cache, "REPO", repo)
-    published = cache.publish_net(run, repo / "results" / "some_study")
+    record = cache.trained_record(config, tmp_path / "runs", label="ResNet-8")
+    cache.publish_records([record], repo / "results" / "some_study", "One epoch on synthetic images.")
+    published = repo / "results" / "some_study" / "nets" / f"{run.name}.pt"
+    assert record["published"].endswith(f"results/some_study/nets/{run.name}.pt")
+    listing = (published.parent / "README.md").read_text()
+    assert f"| `{run.name}.pt` | ResNet-8 | 0 | {record['history'][-1]['train_error']:.2f} |" in listing
     assert published.name == f"{run.name}.pt" and models.read_checkpoint(published)["extra"] == {}
     monkeypatch.setattr(cache, "train", lambda *_: pytest.fail("retrained a published net"))
     again, run2 = cache.train_cached(config, tmp_path / "fresh_runs")
