@@ -17,10 +17,10 @@ import torch
 from landscapes.hessian import HessianConfig, HessianScanConfig, hessian_scan
 from landscapes.plot import PlotConfig, plot_compare
 from models.cli import fail
-from studies.cache import run_path, trained_record
+from studies.cache import run_path, split_size, trained_record
 from studies.common import parse_args
 from studies.recipes import landscape_label, landscape_net, training_recipe
-from studies.report import Timer, compute_note, write_json, write_readme
+from studies.report import Timer, compute_note, study_header, write_json, write_readme
 from studies.scans import replacing_conflicts, scan_config
 
 NAME = "hessian_ratio"
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     figures = plot(maps, s, args.out, template.dataset)
-    result = {"study": NAME, "mode": args.mode, "dataset": template.dataset, "grid": s.grid, "samples": s.samples,
+    result = {**study_header(args, [args.seed], split_size(template, "train"), split_size(template, "test")),
+              "dataset": template.dataset, "grid": s.grid, "samples": s.samples,
               "hessian": {"method": hcfg.method, "max_iter": hcfg.max_iter, "tol": hcfg.tol, "params": hcfg.params},
               "convex_threshold": CONVEX, "seed": args.seed,
               "seconds": timer.seconds, "threads": torch.get_num_threads(), "nets": records}

@@ -13,6 +13,14 @@ from typing import Any
 from studies.common import StudyArgs, repo_relative
 
 
+def study_header(args: Any, seeds: list[int], train_samples: int | None, test_samples: int | None) -> dict[str, Any]:
+    """The keys every results.json starts with, so that tools (and ``claim_out``, which refuses to
+    overwrite another tier's folder) can read any study's: name, tier, seeds and the images the nets
+    were trained and tested on (None where nothing was trained or tested)."""
+    return {"study": args.name, "tier": args.mode, "mode": args.mode, "seeds": list(seeds),
+            "train_samples": train_samples, "test_samples": test_samples}
+
+
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=float))

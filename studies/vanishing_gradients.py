@@ -19,7 +19,7 @@ import models
 from models.data import DATASETS, load_device_data
 from studies.common import parse_args
 from studies.figures import curve_style, family_color, new_figure, save_figure
-from studies.report import Timer, write_json, write_readme
+from studies.report import Timer, study_header, write_json, write_readme
 
 NAME = "vanishing_gradients"
 CHAIN_VARIANTS = ("plain", "plain+BN", "residual", "residual+BN")
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fail(str(err))
     figures = plot(results, settings, args.out)
     L = settings.chain_depth
-    result = {"study": NAME, "mode": args.mode, "seed": args.seed, "seconds": timer.seconds,
+    result = {**study_header(args, [args.seed], None, None), "seconds": timer.seconds,
               "settings": {k: v for k, v in vars(settings).items()}, "verdict": verdict(results), **results}
     write_json(args.out / "results.json", result)
     chain_rows = [{"chain": k, "h_L / h_0 (ours)": r["output_over_input"], "exact a^L or (1+a)^L": r["exact_gain"],

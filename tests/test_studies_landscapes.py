@@ -179,6 +179,7 @@ def test_trajectory_smoke(tmp_path, runs):
 
 def test_hessian_ratio_smoke(tmp_path, runs, rvn):
     out, result = smoke(hessian_ratio, tmp_path, runs)
+    assert result["tier"] == "smoke" and result["seeds"] == [0] and result["train_samples"] == 96
     data = train_images(8)
     for net, scanned in zip(result["nets"], rvn[1]["nets"].values()):
         s = read_surface(out / net["surface"])

@@ -82,6 +82,8 @@ def test_response_std_matches_direct_computation():
 
 def test_vanishing_gradients_smoke(tmp_path, runs):
     result = smoke(vanishing_gradients, tmp_path, runs)
+    # the keys every results.json carries (claim_out reads "tier" to protect another tier's folder)
+    assert result["tier"] == "smoke" and result["seeds"] == [0] and result["train_samples"] is None
     L = result["settings"]["chain_depth"]
     for key, r in result["chain"].items():
         a = r["a"]
