@@ -56,10 +56,10 @@ MODES = {
     # The cpu tier: the paper's scale ([-1, 1]^2, filter-normalized, biases and BN ignored) on a 31x31 grid
     # over 2,000 MNIST training images, for the converged nets of the degradation study. Every point whose
     # loss is below 10 (the contour plots' top level) is the mean over all 2,000 images; a point whose
-    # loss lies more than 3 SE above 10 stops after 512 or 1,024 of them (landscapes.sampling, with its
-    # SE stored): on 2 cores a full 31x31 scan of a 56-layer net is ~40 core-minutes, and most of the
-    # [-1, 1]^2 square lies far above any drawn contour.
-    "cpu": Settings((20, 56), "-1:1:31", 2000, 56, SamplingConfig(precision=0.0, cap=10.0)),
+    # loss lies more than 3 SE above 10 stops early, after 128 images or a doubling of them
+    # (landscapes.sampling, with its SE stored): on 2 cores a full 31x31 scan of a 56-layer net is ~40
+    # core-minutes, and most of the [-1, 1]^2 square lies far above any drawn contour.
+    "cpu": Settings((20, 56), "-1:1:31", 2000, 56, SamplingConfig(precision=0.0, cap=10.0, chunk=128)),
     "smoke": Settings((8,), "-1:1:5", 32, 8, SamplingConfig(precision=0.0, cap=10.0, chunk=8)),
 }
 def slice_stats(surface: Any, value: str = "train_loss") -> dict[str, Any]:
@@ -215,8 +215,8 @@ def notes(args: Any, settings: Settings, template: Any) -> str:
              *([] if settings.sampling is None else [
                  f"Images per point: every point whose train loss is below {settings.sampling.cap:g} (the top "
                  f"contour level) is the mean over all {settings.samples:,} images; a point whose loss lies more "
-                 f"than 3 standard errors above {settings.sampling.cap:g} stops after {settings.sampling.chunk} or "
-                 f"{2 * settings.sampling.chunk} of them (same seeded image order at every point; the SE is stored "
+                 f"than 3 standard errors above {settings.sampling.cap:g} stops early, after as few as "
+                 f"{settings.sampling.chunk} of them (same seeded image order at every point; the SE is stored "
                  f"in the surface as `train_loss_se`). Such points are drawn clipped at the top level in every "
                  f"plot, so the figures and every statistic below the cap are those of the full "
                  f"{settings.samples:,}-image evaluation."]),
