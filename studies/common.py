@@ -53,7 +53,16 @@ class StudyArgs:
         return self.mode != "full"
 
     def command(self) -> str:
+        """The command line that reproduces this run: the tier flag and the study's own options that
+        were given (a README that leaves out ``--depths 20`` would claim a run that was not made)."""
         flag = "" if self.mode == "full" else f" --{self.mode}"
+        for key, value in self.extra.items():
+            if value is None or value is False:
+                continue
+            option = " --" + key.replace("_", "-")
+            if value is not True:
+                option += " " + (",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value))
+            flag += option
         return f"python studies/{self.name}.py{flag}"
 
 

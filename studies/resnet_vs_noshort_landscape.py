@@ -6,7 +6,7 @@ landscape of deep nets turns chaotic, with skips it stays smooth.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +86,21 @@ def slice_stats(surface: Any, value: str = "train_loss") -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
+    def add(p: Any) -> None:
+        p.add_argument("--depths", type=lambda s: tuple(int(d) for d in s.split(",")), default=None,
+                       help="scan only these of the tier's depths (comma-separated), e.g. to finish the shallow "
+                            "pair first; default: " + ", ".join(f"{k} {','.join(map(str, v.depths))}" for k, v in MODES.items()))
+
+    args = parse_args(NAME, __doc__.split("\n\n")[0], argv, add)
     settings = MODES[args.mode]
+    if args.extra["depths"]:
+        unknown = sorted(set(args.extra["depths"]) - set(settings.depths))
+        if unknown:
+            fail(f"--depths {','.join(map(str, unknown))} is not among the {args.mode} tier's depths "
+                 f"{','.join(map(str, settings.depths))}")
+        depths = tuple(d for d in settings.depths if d in args.extra["depths"])
+        settings = replace(settings, depths=depths, html_depth=settings.html_depth if settings.html_depth in depths
+                           else max(depths))
     template = training_recipe(args, **LANDSCAPE_TRAINING[args.mode])
     nets = [(d, residual) for d in settings.depths for residual in (True, False)]
     records, surfaces = [], {}
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figures = plot(surfaces, settings, args.out, template.dataset)
     axis = [float(v) for v in settings.grid.split(":")]
     result = {"study": NAME, "tier": args.mode, "mode": args.mode, "dataset": template.dataset,
-              "grid": [int(axis[2]), int(axis[2])], "range": [axis[0], axis[1], axis[0], axis[1]],
+              "depths": list(settings.depths), "grid": [int(axis[2]), int(axis[2])], "range": [axis[0], axis[1], axis[0], axis[1]],
               "samples": settings.samples, "epochs": template.epochs, "seeds": [args.seed],
               "train_samples": split_size(template, "train"), "test_samples": split_size(template, "test"),
               # keyed by registry name (resnet56, resnet56_noshort, ...), as tools read them

@@ -249,3 +249,15 @@ def test_odenet_settings_identity():
                           **{**odenet_mnist.MODES["quick"], "epochs": config.epochs + 1})
     assert not odenet_mnist.same_settings(doc, other)
     assert not odenet_mnist.same_settings({**doc, "device": "cuda:7"}, moved)
+
+
+def test_depths_runs_a_subset_and_the_readme_says_so(tmp_path, runs):
+    """--depths scans only the named pairs; the README's command carries the option, and a depth
+    outside the tier is a one-line error (exit 2) before anything runs."""
+    out = tmp_path / "rvn"
+    result = resnet_vs_noshort_landscape.main(["--smoke", "--depths", "8", "--out", str(out), "--runs", str(runs)])
+    assert result["depths"] == [8] and list(result["nets"]) == ["resnet8", "resnet8_noshort"]
+    assert "python studies/resnet_vs_noshort_landscape.py --smoke --depths 8" in (out / "README.md").read_text()
+    with pytest.raises(SystemExit) as err:
+        resnet_vs_noshort_landscape.main(["--smoke", "--depths", "56", "--out", str(tmp_path / "x"), "--runs", str(runs)])
+    assert err.value.code == 2
