@@ -328,9 +328,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "scalar chain "
              "uses float64 and BN without eps or affine parameters, so its algebra is exact: plain "
              "h_L = a^L x, residual h_L = (1+a)^L x, residual+BN std(h_L) = L+1 for a > 0."]
-    if args.mode == "quick":
+    if args.mode in ("cpu", "quick"):
         notes.append("Full mode (the same measurements on a CIFAR-10 batch) was not run here: no CIFAR-10 on "
-                     "this machine. Quick uses an MNIST batch; nothing else changes.")
+                     f"this machine. The {args.mode} tier uses an MNIST batch; nothing else changes.")
     write_readme(args, "Vanishing and exploding signals at initialization: plain vs skip, with and without BN",
                  f"In a deep plain chain the signal scales as a^L (0.5^{L} = 8.9e-16 vanishes, 1.5^{L} = 6.4e8 "
                  "explodes). Identity skips add a path whose Jacobian is the identity, so the backward signal "
