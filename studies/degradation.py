@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fail(str(err))
     v = verdict(records)
     figures = plot(records, args.out, template.dataset)
-    if args.mode == "cpu":  # the first seed's nets, so that others can rescan them without retraining
-        publish_records([r for r in records if r["seed"] == seeds[0]], args.out,
+    if args.mode == "cpu":  # every net (~1-3.5 MB each), so that a fresh clone reruns this study and the
+        # studies sharing its nets (layer_responses, the landscapes, hessian_ratio) without retraining
+        publish_records(records, args.out,
                         f"Trained by `python studies/degradation.py --cpu` (the recipe of `studies/recipes.py`: "
                         f"{template.samples or 'all'} MNIST training images, {template.epochs} epochs, lr {template.lr} "
                         f"with He et al.'s warm-up); training error on the first {template.train_eval_samples:,} "
