@@ -237,6 +237,11 @@ def notes(args: Any, settings: Settings, template: Any) -> str:
              "whose finite-difference 2x2 Hessian of the slice is positive semidefinite; *local minima* counts "
              "interior grid points lower than their 8 neighbours. They describe the 2-D slice only; "
              "`hessian_ratio` measures curvature in all directions."]
+    left = [d for d in MODES[args.mode].depths if d not in settings.depths]
+    if left:
+        parts.append(f"**Not scanned in this run**: depth {', '.join(map(str, left))} of the {args.mode} tier "
+                     f"(`--depths {','.join(map(str, settings.depths))}`); its nets are trained and published by the "
+                     f"degradation study, and `studies/README.md` says what the scans still cost.")
     if args.mode == "quick":
         parts.append("**Scaled down for 2 CPU cores**: MNIST instead of CIFAR-10 (not available offline), nets "
                      "trained 4 epochs on 2,500 images (the shared quick recipe, so the degradation study's nets are "
