@@ -249,17 +249,23 @@ def create_directions(model_or_state: ModelOrState, config: DirectionConfig = Di
     return [x, y]
 
 
-def directions_digest(directions: Sequence[State]) -> str:
-    """SHA-256 of the directions' contents (names, shapes, float32 values): identifies them
-    independently of how the file that holds them was written."""
+def state_digest(states: Sequence[State], dtype: torch.dtype | None = None) -> str:
+    """SHA-256 of named tensors' contents (names, shapes and values, cast to ``dtype`` if given, else
+    with their own dtype recorded): identifies weights or directions independently of the file that
+    holds them (its archive name, metadata or resume state), so a published copy of a net is the net."""
     h = hashlib.sha256()
-    for i, direction in enumerate(directions):
+    for i, state in enumerate(states):
         h.update(f"axis{i}".encode())
-        for key in sorted(direction):
-            t = direction[key].detach().to("cpu", torch.float32).contiguous()
-            h.update(f"{key}:{tuple(t.shape)}".encode())
-            h.update(t.numpy().tobytes())
+        for key in sorted(state):
+            t = state[key].detach().to("cpu", dtype or state[key].dtype).contiguous()
+            h.update(f"{key}:{tuple(t.shape)}{'' if dtype else f':{t.dtype}'}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def directions_digest(directions: Sequence[State]) -> str:
+    """:func:`state_digest` of the directions as float32, whatever precision they were stored in."""
+    return state_digest(directions, torch.float32)
 
 
 def _attr_value(v: Any) -> Any:

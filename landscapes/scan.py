@@ -29,7 +29,7 @@ from models.train import TrainConfig
 
 from .compute import compute_surface, default_chunk_size, rank_and_world, value_names
 from .directions import (State, cosine, create_directions, direction_file_info, directions_digest, load_directions,
-                         resolve_dir_type, save_directions)
+                         resolve_dir_type, save_directions, state_digest)
 from .evalconfig import BN_MODES, COMPILE_MODES, ENGINES, EVAL_DTYPES, EvalConfig
 from .grid import AXIS_HELP, Axis, axis_arg, glue_grid_args, grid_coords, parse_axis
 from .options import add_scan_options, scan_config_kwargs
@@ -303,9 +303,12 @@ def prepare_scan(config: ScanConfig) -> ScanSetup:
     for axis, direction in zip("xy", directions):
         _check_finite(direction, f"the {axis} direction ({dir_meta['directions_source']}, {config.dir_path})")
     digest = directions_digest(directions)
+    # The weights, not the checkpoint file, identify what was scanned: a published copy of a net
+    # (no resume state, another archive name) must resume the surfaces computed at the original.
     identity = {
-        "model": config.model_name, "model_kwargs": spec_kwargs, "checkpoint_sha256": sha256(ck_path),
-        "model2_sha256": ck2_sha, "dataset": config.dataset, "data_kwargs": data_kwargs, "split": config.split,
+        "model": config.model_name, "model_kwargs": spec_kwargs, "weights_sha256": state_digest([model.state_dict()]),
+        "model2_weights_sha256": None if model2 is None else state_digest([model2.state_dict()]),
+        "dataset": config.dataset, "data_kwargs": data_kwargs, "split": config.split,
         "samples": config.samples, "data_sha256": {s: _data_digest(d) for s, d in data.items()},
         "x": [config.x.start, config.x.stop, config.x.num],
         "y": None if config.y is None else [config.y.start, config.y.stop, config.y.num],
@@ -319,7 +322,7 @@ def prepare_scan(config: ScanConfig) -> ScanSetup:
     cos = cosine(directions[0], directions[1]) if len(directions) == 2 else None
     attrs = {
         "model": config.model_name, "model_kwargs": spec_kwargs, "checkpoint": str(ck_path),
-        "checkpoint_sha256": identity["checkpoint_sha256"], "model2": config.model2 or "",
+        "checkpoint_sha256": sha256(ck_path), "weights_sha256": identity["weights_sha256"], "model2": config.model2 or "",
         "model2_sha256": ck2_sha or "", "dataset": config.dataset, "data_root": str(config.data_root),
         "data_kwargs": data_kwargs, "split": config.split, "samples": config.samples if config.samples else 0,
         "num_samples": {s: len(d) for s, d in data.items()}, "normalization": config.normalization,

@@ -208,7 +208,7 @@ def test_conflicting_rerun_refuses_without_force(ckpts, tmp_path):
     assert again.points_computed == 0 and out.read_bytes() == before
     with pytest.raises(SurfaceConflictError, match=r"samples: 32 in the file vs 16 now.*--force"):
         scan(_config(ckpts[0], out, samples=16))
-    with pytest.raises(SurfaceConflictError, match="checkpoint_sha256"):
+    with pytest.raises(SurfaceConflictError, match="weights_sha256"):
         scan(_config(ckpts[1], out, samples=32))
     assert out.read_bytes() == before
     forced = scan(_config(ckpts[0], out, samples=16, force=True))
