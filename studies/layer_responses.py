@@ -122,6 +122,8 @@ def verdict(records: list[dict[str, Any]]) -> dict[str, Any]:
         "residual_smaller_beyond_seed_spread": all(clearly_above(by[d, False], by[d, True]) for d in both),
         "residual_smaller_at_every_depth": all(mean[d, True] < mean[d, False] for d in both),
         "deeper_resnet_smaller": all(mean[a, True] >= mean[b, True] for a, b in zip(res_depths, res_depths[1:])),
+        "deeper_resnet_smaller_beyond_seed_spread": len(res_depths) > 1 and all(
+            clearly_above(by[a, True], by[b, True]) for a, b in zip(res_depths, res_depths[1:])),
         "ratio_residual_over_plain": {d: mean[d, True] / mean[d, False] for d in both},
         "block_end_ratio_residual_over_plain": {d: ends[d, True] / ends[d, False] for d in both},
     }
@@ -138,15 +140,25 @@ def describe(v: dict[str, Any]) -> str:
     return "\n".join([
         f"- ResNet responses smaller than plain at every depth: {yes[v['residual_smaller_at_every_depth']]} "
         f"(mean std ResNet / plain: {ratios}).",
-        f"- Deeper ResNet has smaller responses: {yes[v['deeper_resnet_smaller']]}.",
+        f"- Deeper ResNet has smaller responses: {deeper(v)}.",
         f"- Mean response std per net (mean ± sd over {v['seeds']} seed(s)): "
         + "; ".join(f"{k} {x}" for k, x in v["mean_std_by_net"].items())
         + f". ResNet below plain by more than the seed spread at every depth: "
         f"{yes[v['residual_smaller_beyond_seed_spread']]}.",
         f"- The difference sits in the last BN of each block, the response added to the identity in a "
-        f"ResNet (mean std of the `bn2` layers, ResNet / plain: {ends}); a ratio near 1 means the short "
-        "run has barely moved the BN scales from their initial value of 1.",
+        f"ResNet (mean std of the `bn2` layers of the first seed's nets, ResNet / plain: {ends}); a ratio "
+        "near 1 would mean that training has barely moved the BN scales from their initial value of 1.",
     ])
+
+
+def deeper(v: dict[str, Any]) -> str:
+    """The depth claim as far as the seeds carry it: a lower mean within the seed spread is not an order."""
+    if not v["deeper_resnet_smaller"]:
+        return "**no**"
+    if v["deeper_resnet_smaller_beyond_seed_spread"]:
+        return "yes, beyond the seed spread"
+    return "lower on average but **within the seed spread** (not established)" if v["seeds"] > 1 else \
+        "lower (one seed: spread not measured)"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -3,6 +3,7 @@ stochastic depth): their --smoke runs end to end, and the measurements they rest
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -281,3 +282,53 @@ def test_last_epoch_loss_change_prefers_the_eval_mode_loss():
     assert last_epoch_loss_change({"history": [{k: v for k, v in e.items() if k == "train_loss"} for e in h]}) \
         == pytest.approx(-50.0)
     assert math.isnan(last_epoch_loss_change({"history": h[:1]}))
+
+
+def test_a_surface_of_a_trained_net_resumes_on_its_published_copy(tmp_path, monkeypatch):
+    """A committed surface scanned at a freshly trained net must be found again by a fresh clone,
+    which has only the published copy of the net (same weights, another file: no resume state, another
+    archive name): rescanning it computes nothing."""
+    from models.train import TrainConfig
+    from studies import cache, scans
+    from studies.common import StudyArgs
+
+    config = TrainConfig(model="resnet8", dataset="synthetic", data_kwargs={"image_size": 8, "size": 32},
+                         epochs=1, batch_size=16, device="cpu", progress=False)
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(cache, "REPO", repo)
+    surface = tmp_path / "surface.h5"
+
+    def rescan(runs):
+        record = cache.trained_record(config, runs, label="ResNet-8")
+        args = StudyArgs("x", "smoke", tmp_path, "data", "cpu", 0, {}, runs)
+        return record, scans.scan_run(args, cache.run_path(record), surface, x="-1:1:3", y="-1:1:3")
+
+    record, first = rescan(tmp_path / "runs")
+    cache.publish_records([record], repo / "results" / "some_study", "One epoch on synthetic images.")
+    forced = []
+    real_scan = scans.scan
+    monkeypatch.setattr(scans, "scan", lambda c: forced.append(c.force) or real_scan(c))
+    _, again = rescan(tmp_path / "fresh_runs")
+    assert forced == [False]  # resumed, not recomputed
+    assert np.array_equal(again.surface.values["train_loss"], first.surface.values["train_loss"])
+
+
+def test_layer_responses_claims_the_deeper_resnet_smaller_only_beyond_the_seed_spread():
+    """The cpu run's ResNet-56 (0.9527, 0.9462) vs ResNet-20 (0.9514, 0.9499): a mean 0.002 lower
+    with a seed sd of 0.005 is not "smaller in deeper ResNets"."""
+    def rec(depth, residual, seed, mean_std):
+        return {"depth": depth, "residual": residual, "seed": seed, "mean_std": mean_std,
+                "layers": ["layer1.0.bn1", "layer1.0.bn2"], "std": [mean_std, mean_std]}
+
+    values = {(20, False): (0.9831, 0.9711), (56, False): (1.011, 0.999),
+              (20, True): (0.9514, 0.9499), (56, True): (0.9527, 0.9462)}
+    records = [rec(d, r, s, v[s]) for (d, r), v in values.items() for s in (0, 1)]
+    v = layer_responses.verdict(records)
+    assert v["residual_smaller_beyond_seed_spread"] and not v["deeper_resnet_smaller_beyond_seed_spread"]
+    text = layer_responses.describe(v)
+    assert "Deeper ResNet has smaller responses: yes" not in text
+    assert "within the seed spread" in text
+    wide = {**values, (56, True): (0.90, 0.901)}
+    v = layer_responses.verdict([rec(d, r, s, x[s]) for (d, r), x in wide.items() for s in (0, 1)])
+    assert v["deeper_resnet_smaller_beyond_seed_spread"]
+    assert "Deeper ResNet has smaller responses: yes, beyond the seed spread" in layer_responses.describe(v)
