@@ -22,6 +22,7 @@ from studies.common import parse_args
 from studies.recipes import landscape_label, landscape_net, training_recipe
 from studies.report import Timer, compute_note, study_header, write_json, write_readme
 from studies.scans import replacing_conflicts, scan_config
+from studies.stats import final_train_error
 
 NAME = "hessian_ratio"
 CONVEX = 0.05  # a point counts as "locally convex" when |lambda_min / lambda_max| is below this
@@ -138,8 +139,8 @@ def describe(records: list[dict[str, Any]]) -> str:
         lines.append(f"- The gap grows with depth ({', '.join(f'{gap[d]:+.3f} at {d}' for d in depths)})"
                      + (", as the paper has it." if gap[depths[-1]] > gap[depths[0]] else ", **unlike the paper**."))
     for r in records:
-        if r["final_train_error"] > 50:
-            lines.append(f"- Caveat: {r['label']} barely trained ({r['final_train_error']:.0f}% training error), "
+        if final_train_error(r) > 50:
+            lines.append(f"- Caveat: {r['label']} barely trained ({final_train_error(r):.0f}% training error), "
                          f"so its "
                          f"map describes a point far from any minimum, where negative curvature is to be expected; the "
                          f"paper's noshort nets are trained to low loss.")

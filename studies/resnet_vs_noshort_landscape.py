@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"net": r["label"], "params": r["params"], "warm-up": "yes" if r["warmup"] else "no",
-             "train error % (ours)": r["final_train_error"], "test error % (ours)": r["final_test_error"],
+             "train error % (ours, eval mode)": final_train_error(r), "test error % (ours)": r["final_test_error"],
              "test error % (Li et al., CIFAR-10, as quoted)": r["paper_test_error"],
              "loss at center": r["center_loss"], "min loss on grid": r["min_loss"],
              "convex fraction": r["convex_fraction"], "local minima": r["local_minima"],
@@ -164,8 +164,11 @@ def plot(surfaces: dict[str, Any], settings: Settings, out: Path, dataset: str) 
     surfaces (one z range), all drawn by landscapes.plot on one colour scale; the HTML page compares
     one pair on one scale."""
     nets = [landscape_label(d, r) for r in (True, False) for d in settings.depths]  # a row with skips, a row without
-    title = (f"Train loss on {dataset} with (top) and without (bottom) skip connections, filter-normalized "
-             f"directions, {settings.grid.rsplit(':', 1)[1]}² grid")
+    size = settings.grid.rsplit(':', 1)[1]
+    title = (f"Train loss on {dataset}, with (top) and without (bottom) skips\nfilter-normalized directions, "
+             f"{size}x{size} grid" if len(settings.depths) == 1 else
+             f"Train loss on {dataset} with (top) and without (bottom) skip connections, filter-normalized "
+             f"directions, {size}x{size} grid")
     fig = plot_compare([surfaces[n] for n in nets], "contour", PlotConfig(title=title), labels=nets,
                        ncols=len(settings.depths))
     fig.savefig(out / "contours.png", dpi=110)
@@ -199,7 +202,7 @@ def describe(records: list[dict[str, Any]]) -> str:
         if r["min_loss"] < r["center_loss"] - 1e-6:
             lines.append(f"- {r['label']}: the trained weights are not a minimum of the slice (grid minimum "
                          f"{r['min_loss']:.3g} below the center's {r['center_loss']:.3g}; training error "
-                         f"{r['final_train_error']:.1f}%): this is the landscape around a net that did not train, "
+                         f"{final_train_error(r):.1f}%): this is the landscape around a net that did not train, "
                          f"a wide high plateau, not the fractured landscape around a trained noshort net.")
     if deepest != shallow:
         drop = {d: by[d, True]["convex_fraction"] - by[d, False]["convex_fraction"] for d in (shallow, deepest)}

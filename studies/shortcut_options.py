@@ -20,7 +20,7 @@ from studies.common import parse_args
 from studies.figures import epoch_axis, log_error_axis, new_figure, save_figure
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
-from studies.stats import binomial_se_pct, clearly_above, fmt_mean_sd, mean_sd
+from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, mean_sd
 
 NAME = "shortcut_options"
 # ResNet-32 is the CIFAR net closest to the paper's ResNet-34. Quick uses ResNet-20 at the paper's
@@ -80,7 +80,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[option] = {"params": rs[0]["params"], "seeds": len(rs), "test_error": statistics.fmean(test),
                        "test_error_sd": mean_sd(test)[1], "test_errors": test,
                        "test_error_min": min(test), "test_error_max": max(test),
-                       "train_error": statistics.fmean(r["final_train_error"] for r in rs),
+                       "train_error": statistics.fmean(final_train_error(r) for r in rs),
                        "train_images_per_s": statistics.median(r["train_images_per_s"] for r in rs)}
     return out
 
