@@ -124,6 +124,36 @@ def parse_args(name: str, description: str, argv: list[str] | None = None,
 
 
 
+def add_depths_option(parser: argparse.ArgumentParser, modes: dict[str, Any]) -> None:
+    """``--depths 20,56``: run only some of a tier's depths (e.g. the shallow pair first)."""
+    parser.add_argument("--depths", type=lambda s: tuple(int(d) for d in s.split(",")), default=None,
+                        help="run only these of the tier's depths (comma-separated), e.g. to finish the shallow pair "
+                             "first; default: " + ", ".join(f"{k} {','.join(map(str, v.depths))}" for k, v in modes.items()))
+
+
+def selected_depths(args: StudyArgs, tier_depths: tuple[int, ...]) -> tuple[int, ...]:
+    """The tier's depths that ``--depths`` asked for, in the tier's order (all when not given); a depth
+    the tier does not have is an error, not a silent no-op."""
+    asked = args.extra.get("depths")
+    if not asked:
+        return tier_depths
+    unknown = sorted(set(asked) - set(tier_depths))
+    if unknown:
+        fail(f"--depths {','.join(map(str, unknown))} is not among the {args.mode} tier's depths "
+             f"{','.join(map(str, tier_depths))}")
+    return tuple(d for d in tier_depths if d in asked)
+
+
+def depths_left_note(args: StudyArgs, tier_depths: tuple[int, ...], done: tuple[int, ...], what: str) -> str | None:
+    """The README sentence naming the tier's depths a ``--depths`` run left out (None when none was)."""
+    left = [d for d in tier_depths if d not in done]
+    if not left:
+        return None
+    return (f"**Not {what} in this run**: depth {', '.join(map(str, left))} of the {args.mode} tier "
+            f"(`--depths {','.join(map(str, done))}`); its nets are trained and published by the degradation study, "
+            f"and `studies/README.md` says what the rest still costs.")
+
+
 def repo_relative(path: Path) -> str:
     """A path relative to the repository when inside it, so results.json is the same everywhere."""
     path = Path(path).resolve()

@@ -7,7 +7,7 @@ ResNets stay near 0 around the minimizer; nets without skip connections do not.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from landscapes.hessian import HessianConfig, HessianScanConfig, hessian_scan
 from landscapes.plot import PlotConfig, plot_compare
 from models.cli import fail
 from studies.cache import run_path, split_size, trained_record
-from studies.common import parse_args
+from studies.common import add_depths_option, depths_left_note, parse_args, selected_depths
 from studies.recipes import landscape_label, landscape_net, training_recipe
 from studies.report import Timer, compute_note, study_header, write_json, write_readme
 from studies.scans import replacing_conflicts, scan_config
@@ -64,8 +64,9 @@ def ratio_stats(surface: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(NAME, __doc__.split("\n\n")[0], argv)
+    args = parse_args(NAME, __doc__.split("\n\n")[0], argv, lambda p: add_depths_option(p, MODES))
     s = MODES[args.mode]
+    s = replace(s, depths=selected_depths(args, s.depths))
     template = training_recipe(args)
     hcfg = HessianConfig(max_iter=s.max_iter, tol=s.tol, batch_size=min(128, s.samples), seed=args.seed,
                          progress=args.mode != "smoke")
@@ -155,6 +156,9 @@ def notes(args: Any, s: Settings) -> str:
              f"`resnet_vs_noshort_landscape` (same checkpoints, seed {args.seed} and filter-normalized direction "
              f"files). Maps in `surfaces/hessian_*.h5` (values max_eig, min_eig; `python -m landscapes.plot` draws "
              f"them)."]
+    left = depths_left_note(args, MODES[args.mode].depths, s.depths, "mapped")
+    if left:
+        parts.append(left)
     if args.mode == "quick":
         n = s.grid.rsplit(":", 1)[1]
         parts.append(f"**Scaled down for 2 CPU cores**: the Hessian costs 10-20 Hessian-vector products per point, "

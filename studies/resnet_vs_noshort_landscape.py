@@ -19,7 +19,7 @@ from models.cli import fail
 from models.train import warmup_enabled
 
 from studies.cache import run_path, split_size, trained_record
-from studies.common import parse_args
+from studies.common import add_depths_option, depths_left_note, parse_args, selected_depths
 from studies.recipes import LANDSCAPE_TRAINING, landscape_label, landscape_net, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import scan_run
@@ -86,19 +86,10 @@ def slice_stats(surface: Any, value: str = "train_loss") -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    def add(p: Any) -> None:
-        p.add_argument("--depths", type=lambda s: tuple(int(d) for d in s.split(",")), default=None,
-                       help="scan only these of the tier's depths (comma-separated), e.g. to finish the shallow "
-                            "pair first; default: " + ", ".join(f"{k} {','.join(map(str, v.depths))}" for k, v in MODES.items()))
-
-    args = parse_args(NAME, __doc__.split("\n\n")[0], argv, add)
+    args = parse_args(NAME, __doc__.split("\n\n")[0], argv, lambda p: add_depths_option(p, MODES))
     settings = MODES[args.mode]
-    if args.extra["depths"]:
-        unknown = sorted(set(args.extra["depths"]) - set(settings.depths))
-        if unknown:
-            fail(f"--depths {','.join(map(str, unknown))} is not among the {args.mode} tier's depths "
-                 f"{','.join(map(str, settings.depths))}")
-        depths = tuple(d for d in settings.depths if d in args.extra["depths"])
+    depths = selected_depths(args, settings.depths)
+    if depths != settings.depths:
         settings = replace(settings, depths=depths, html_depth=settings.html_depth if settings.html_depth in depths
                            else max(depths))
     template = training_recipe(args, **LANDSCAPE_TRAINING[args.mode])
@@ -240,11 +231,9 @@ def notes(args: Any, settings: Settings, template: Any) -> str:
              "whose finite-difference 2x2 Hessian of the slice is positive semidefinite; *local minima* counts "
              "interior grid points lower than their 8 neighbours. They describe the 2-D slice only; "
              "`hessian_ratio` measures curvature in all directions."]
-    left = [d for d in MODES[args.mode].depths if d not in settings.depths]
+    left = depths_left_note(args, MODES[args.mode].depths, settings.depths, "scanned")
     if left:
-        parts.append(f"**Not scanned in this run**: depth {', '.join(map(str, left))} of the {args.mode} tier "
-                     f"(`--depths {','.join(map(str, settings.depths))}`); its nets are trained and published by the "
-                     f"degradation study, and `studies/README.md` says what the scans still cost.")
+        parts.append(left)
     if args.mode == "quick":
         parts.append("**Scaled down for 2 CPU cores**: MNIST instead of CIFAR-10 (not available offline), nets "
                      "trained 4 epochs on 2,500 images (the shared quick recipe, so the degradation study's nets are "
