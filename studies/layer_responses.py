@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from models.cli import fail
 from models.data import DeviceData, load_device_data
@@ -174,7 +175,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with Timer() as timer:
             test = load_device_data(template.dataset, template.data_root, "test", template.test_samples,
                                     args.device, args.download, **template.data_kwargs)
-            for seed, (depth, residual) in ((s, n) for s in seeds for n in NETS[args.mode]):
+            nets = [(s, n) for s in seeds for n in NETS[args.mode]]
+            # Training (or restoring) a net shows its own bar; this one counts the nets measured.
+            for seed, (depth, residual) in tqdm(nets, desc="nets measured", unit="net", disable=args.mode == "smoke"):
                 config = replace(template, model=f"resnet{depth}", noshort=not residual, seed=seed)
                 history, run = train_cached(config, args.runs)
                 model = load_trained(run, args.device)
