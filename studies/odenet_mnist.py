@@ -70,8 +70,10 @@ def settings_diff(doc: dict[str, Any], config: Any) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(NAME, __doc__.split("\n\n")[0], argv, add_arguments=lambda p: p.add_argument(
         "--recompute", action="store_true", help="replace a compare.json in --out made with other settings"))
-    # The default run cache is odenets.compare's own folder, so its CLI runs and this study share checkpoints.
-    runs = REPO / "runs" / "odenets_compare" if args.runs == REPO / "runs" / "studies" else args.runs / "odenets"
+    # The default run cache is odenets.compare's own folder, so its CLI runs and this study share checkpoints;
+    # one subfolder per tier, since a run folder is named by model and data set only and a quick run's
+    # checkpoints must neither block nor stand in for the cpu tier's.
+    runs = (REPO / "runs" / "odenets_compare" if args.runs == REPO / "runs" / "studies" else args.runs / "odenets") / args.mode
     try:
         config = CompareConfig(data_root=args.data_root, seed=args.seed, device=args.device, runs=str(runs),
                                out=str(args.out), progress=args.mode != "smoke", **MODES[args.mode])

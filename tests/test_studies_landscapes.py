@@ -261,3 +261,14 @@ def test_depths_runs_a_subset_and_the_readme_says_so(tmp_path, runs):
     with pytest.raises(SystemExit) as err:
         resnet_vs_noshort_landscape.main(["--smoke", "--depths", "56", "--out", str(tmp_path / "x"), "--runs", str(runs)])
     assert err.value.code == 2
+
+
+def test_odenet_tiers_keep_their_own_trained_runs(tmp_path, monkeypatch):
+    """Run folders are named by model and data set only: a quick run's checkpoints must neither block
+    a cpu run with another recipe (a 'different configuration' error) nor be reused by it."""
+    monkeypatch.setitem(odenet_mnist.MODES, "quick", {**odenet_mnist.MODES["smoke"], "lr": 0.05})
+    runs = tmp_path / "runs"
+    first = odenet_mnist.main(["--smoke", "--out", str(tmp_path / "a"), "--runs", str(runs)])
+    second = odenet_mnist.main(["--quick", "--out", str(tmp_path / "b"), "--runs", str(runs)])
+    assert {r["run"] for r in first["rows"]}.isdisjoint(r["run"] for r in second["rows"])
+    assert second["config"]["lr"] == 0.05
