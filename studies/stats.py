@@ -43,6 +43,13 @@ def final_train_error(record: dict[str, Any]) -> float:
     return last.get("train_error_eval", last["train_error"])
 
 
+def final_train_loss(record: dict[str, Any]) -> float:
+    """The training loss a study reports, measured like :func:`final_train_error` (eval mode on the fixed
+    training subset when the run measured it, else the last epoch's running average)."""
+    last = record["history"][-1]
+    return last.get("train_loss_eval", last["train_loss"])
+
+
 def last_epoch_loss_change(record: dict[str, Any]) -> float:
     """Relative change (%) of the training loss over the last epoch (eval mode on the fixed subset
     when measured, else the running train-mode loss): how close to a plateau a net stopped."""

@@ -272,3 +272,15 @@ def test_odenet_tiers_keep_their_own_trained_runs(tmp_path, monkeypatch):
     second = odenet_mnist.main(["--quick", "--out", str(tmp_path / "b"), "--runs", str(runs)])
     assert {r["run"] for r in first["rows"]}.isdisjoint(r["run"] for r in second["rows"])
     assert second["config"]["lr"] == 0.05
+
+
+def test_batch_size_note_names_the_runs_that_did_not_reach_a_minimum():
+    """Li et al. compare minimizers: the README says which runs stopped above the loss target, from the
+    eval-mode loss when it was measured."""
+    def row(label, running, evaluated):
+        return {"label": label, "history": [{"train_loss": running, "train_loss_eval": evaluated}]}
+
+    note = batch_size_flatness.converged_note([row("batch 128", 0.03, 0.004), row("batch 2048", 0.01, 0.05)])
+    assert "batch 128 0.004; batch 2048 0.05" in note and "eval mode" in note
+    assert "**Not below 0.02**: batch 2048;" in note
+    assert "All runs are below 0.02." in batch_size_flatness.converged_note([row("a", 0.5, 0.01)])
