@@ -157,9 +157,23 @@ def describe(records: list[dict[str, Any]]) -> str:
                  f"{shares(lb)}): more, noisier steps."
                  if max(r["pc12_variance"] for r in sb) < min(r["pc12_variance"] for r in lb) else
                  "- Small- and large-batch paths are about equally planar.")
-    lines.append("- In the contour plots the path first runs down across the contours from the start (epoch 1), then "
-                 "bends and creeps along the valley floor into the final minimizer, as in the paper's Fig. 9.")
+    early = {r["label"]: early_share(r) for r in records}
+    lines.append("- Share of each path's length (in the PCA plane) covered in the first quarter of the epochs: "
+                 + ", ".join(f"{k} {100 * v:.0f}%" for k, v in early.items())
+                 + (": the path moves fast at first and then creeps toward the final minimizer, as in the paper's "
+                    "Fig. 9." if min(early.values()) > 0.5 else
+                    ": not the paper's fast descent followed by a slow creep in every run."))
     return "\n".join(lines)
+
+
+def early_share(record: dict[str, Any]) -> float:
+    """Fraction of the projected path's length walked in the first quarter of its epochs."""
+    x, y = (np.asarray(v, dtype=float) for v in record["path_xy"])
+    epochs = np.asarray(record["path_epochs"], dtype=float)
+    steps = np.hypot(np.diff(x), np.diff(y))
+    cut = epochs[0] + (epochs[-1] - epochs[0]) / 4
+    total = steps.sum()
+    return float(steps[epochs[1:] <= cut].sum() / total) if total > 0 else float("nan")
 
 
 def notes(args: Any, s: Settings, b: Any, template: Any) -> str:

@@ -284,3 +284,9 @@ def test_batch_size_note_names_the_runs_that_did_not_reach_a_minimum():
     assert "batch 128 0.004; batch 2048 0.05" in note and "eval mode" in note
     assert "**Not below 0.02**: batch 2048;" in note
     assert "All runs are below 0.02." in batch_size_flatness.converged_note([row("a", 0.5, 0.01)])
+
+
+def test_trajectory_early_share_of_the_path():
+    """A path that walks 3 of its 4 units in the first quarter of 8 epochs: share 0.75."""
+    r = {"path_xy": [[0, 3, 3, 3, 3, 3, 3, 3, 4], [0] * 9], "path_epochs": list(range(9))}
+    assert trajectory.early_share(r) == pytest.approx(0.75)
