@@ -241,7 +241,7 @@ def _surface3d(ax, X: np.ndarray, Y: np.ndarray, Zm: np.ma.MaskedArray, name: st
     ax.set_xlabel("α")
     ax.set_ylabel("β")
     ax.set_zlabel(value_label(name).split(" ", 1)[-1] if " " in value_label(name) else value_label(name),
-                  labelpad=2)
+                  labelpad=9)
     ax.set_box_aspect(None, zoom=0.85)
     ax.view_init(elev=35, azim=-60)
     return surf

@@ -290,3 +290,20 @@ def test_trajectory_early_share_of_the_path():
     """A path that walks 3 of its 4 units in the first quarter of 8 epochs: share 0.75."""
     r = {"path_xy": [[0, 3, 3, 3, 3, 3, 3, 3, 4], [0] * 9], "path_epochs": list(range(9))}
     assert trajectory.early_share(r) == pytest.approx(0.75)
+
+
+def test_landscape_prose_calls_only_an_untrained_net_untrained():
+    """The cpu run's noshort-56 (1.9% training error) has a grid minimum 0.5% below its center: near a
+    minimum, not 'a net that did not train'. Test-error gaps carry their binomial SE."""
+    def rec(depth, residual, train_err, test_err, center, low, convex):
+        return {"label": f"{'ResNet' if residual else 'plain'}-{depth}", "depth": depth, "residual": residual,
+                "history": [{"train_error": train_err}], "final_test_error": test_err, "test_samples_n": 10_000,
+                "center_loss": center, "min_loss": low, "convex_fraction": convex, "local_minima": 1}
+
+    records = [rec(20, True, 0.32, 0.97, 0.0164, 0.0164, 0.75), rec(20, False, 0.48, 0.92, 0.0218, 0.0218, 0.74),
+               rec(56, True, 0.84, 1.55, 0.0373, 0.0373, 0.75), rec(56, False, 1.88, 2.65, 0.0859, 0.0855, 0.45)]
+    text = resnet_vs_noshort_landscape.describe(records)
+    assert "did not train" not in text and "0.5% below" in text
+    assert "-0.05 ± 0.14 points at depth 20" in text and "+1.10 ± 0.20 at depth 56" in text
+    records[3]["history"][0]["train_error"] = 82.0
+    assert "did not train" in resnet_vs_noshort_landscape.describe(records)
