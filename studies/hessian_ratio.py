@@ -56,7 +56,9 @@ def ratio_stats(surface: Any) -> dict[str, Any]:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(mn / mx)
     iy, ix = len(surface.y) // 2, len(surface.x) // 2
+    q25, q75 = np.nanpercentile(ratio, [25, 75])
     return {"ratio_center": float(ratio[iy, ix]), "ratio_median": float(np.nanmedian(ratio)),
+            "ratio_q25": float(q25), "ratio_q75": float(q75),
             "ratio_max": float(np.nanmax(ratio)), "convex_share": float(np.nanmean(ratio < CONVEX)),
             "max_eig_center": float(mx[iy, ix]), "min_eig_center": float(mn[iy, ix]),
             "converged": int(np.nansum(surface.values["hessian_converged"])), "points": int(ratio.size),
@@ -131,9 +133,13 @@ def describe(records: list[dict[str, Any]]) -> str:
     for d in sorted({r["depth"] for r in records}):
         a, b = by[d, True], by[d, False]
         more = b["ratio_median"] > a["ratio_median"]
+        apart = b["ratio_q25"] > a["ratio_q75"]
         lines.append(f"- Depth {d}: the median ratio is {'higher' if more else '**not higher**'} without skips "
-                     f"({b['ratio_median']:.3f} vs {a['ratio_median']:.3f})"
-                     + ("." if more else ", unlike the paper's deep noshort nets."))
+                     f"({b['ratio_median']:.3f}, interquartile range {b['ratio_q25']:.3f}-{b['ratio_q75']:.3f} over "
+                     f"the grid, vs {a['ratio_median']:.3f}, {a['ratio_q25']:.3f}-{a['ratio_q75']:.3f})"
+                     + (("; the interquartile ranges do not overlap." if apart else
+                         "; the interquartile ranges overlap, so the maps differ less than they vary across the grid.")
+                        if more else ", unlike the paper's deep noshort nets."))
     depths = sorted({r["depth"] for r in records})
     if len(depths) > 1:
         gap = {d: by[d, False]["ratio_median"] - by[d, True]["ratio_median"] for d in depths}
