@@ -18,7 +18,7 @@ from odenets.plots import plot_compare
 from studies.common import REPO, parse_args
 from studies.figures import epoch_axis, log_error_axis, new_figure, save_figure
 from studies.report import Timer, write_json, write_readme
-from studies.stats import binomial_se_pct
+from studies.stats import binomial_se_pct, last_epoch_loss_change
 
 NAME = "odenet_mnist"
 MNIST_TEST_IMAGES = 10_000
@@ -178,6 +178,12 @@ def describe(doc: dict[str, Any], test_n: int | None = None) -> str:
         lines.append(f"- Target of ≤ {TARGET_ERROR_PCT}% test error on all {test_n:,} test images: "
                      + (f"met by every model ({', '.join(met)})." if not missed else
                         f"**missed** by {', '.join(missed)}" + (f"; met by {', '.join(met)}." if met else ".")))
+    change = {m: last_epoch_loss_change({"history": h}) for m, h in doc["histories"].items() if len(h) > 1}
+    if change:
+        lines.append("- Training loss change in the last epoch (running average, train mode): "
+                     + ", ".join(f"{m} {v:+.0f}%" for m, v in change.items())
+                     + (": still falling, not at a plateau; a longer schedule may lower the errors (not tested here)."
+                        if max(change.values()) < -5 else ": levelled off."))
     for model, pts in doc["nfe_vs_epoch"].items():
         f = [p["nfe_forward"] for p in pts]
         b = [p["nfe_backward"] for p in pts]
@@ -228,7 +234,10 @@ def notes(args: Any, c: dict[str, Any], reused: bool) -> str:
                      f"of the steps). Recipe pilot (lr 0.1, constant, on all images), test error after 150 and 300 "
                      f"steps: " + "; ".join(f"{m} {a:.2f}% -> {b:.2f}%" for m, (a, b) in PILOT.items())
                      + ": the quick run's slow start was its length (47 steps an epoch), not the recipe; the "
-                       "ODE-Net was not piloted separately (it shares the RK-Net's layers and differs in the solver).")
+                       "ODE-Net was not piloted separately (it shares the RK-Net's layers and differs in the solver). "
+                       "The seconds per epoch come from runs made at different times on a shared 2-core machine (the "
+                       "ODE-Net in one process while ResNet and RK-Net trained in another, beside other jobs): their "
+                       "order of magnitude holds, their ratios are not an interleaved measurement.")
     if args.mode == "quick":
         parts.append(f"**Scaled down for 2 CPU cores**: {c['epochs']} epochs on {c['samples']} MNIST images "
                      f"instead of ~160 epochs on 60,000, so our errors are far above the paper's 0.4%: compare "
