@@ -22,7 +22,7 @@ from studies.figures import new_figure, save_figure
 from studies.recipes import BATCH_SIZE_MODES, BatchSizeSettings, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import scan_run
-from studies.stats import clearly_above, final_train_loss, mean_sd
+from studies.stats import binomial_se_pct, clearly_above, final_train_loss, mean_sd
 
 NAME = "batch_size_flatness"
 
@@ -197,12 +197,12 @@ def describe(records: dict, interpolations: dict, s: BatchSizeSettings) -> str:
         out_sb = float(np.interp(-0.25, x, z) - np.interp(0.0, x, z))
         out_lb = float(np.interp(1.25, x, z) - np.interp(1.0, x, z))
         lines.append(
-            f"- Weight decay {wd:g}: test error {sb['final_test_error']:.2f}% (batch {s.small}) vs "
-            f"{lb['final_test_error']:.2f}% (batch {s.large}); weight norms {sb['weight_norm']:.1f} vs "
+            f"- Weight decay {wd:g}: test error {test_text(sb)} (batch {s.small}) vs {test_text(lb)} (batch {s.large}; "
+            f"± binomial SE); weight norms {sb['weight_norm']:.1f} vs "
             f"{lb['weight_norm']:.1f}. Interpolation: the loss rises by {out_sb:.3g} going 0.25 beyond the small-batch "
             f"end and by {out_lb:.3g} beyond the large-batch end, so the "
             f"{'large' if out_lb > out_sb else 'small'}-batch "
-            f"solution looks sharper there. Filter-normalized slices (mean ± sd over {sb['direction_seeds']} "
+            f"solution looks sharper there ({interpolation_verdict(wd, out_lb > out_sb)}). Filter-normalized slices (mean ± sd over {sb['direction_seeds']} "
             f"directions): rise at ±1 is {sb['rise_1']:.3g} ± {sb['rise_1_sd']:.2g} (batch {s.small}) vs "
             f"{lb['rise_1']:.3g} ± {lb['rise_1_sd']:.2g} (batch {s.large}), curvature {sb['curvature']:.3g} ± "
             f"{sb['curvature_sd']:.2g} vs {lb['curvature']:.3g} ± {lb['curvature_sd']:.2g} "
@@ -210,8 +210,32 @@ def describe(records: dict, interpolations: dict, s: BatchSizeSettings) -> str:
                if clearly_above(lb["rise_1_per_seed"], sb["rise_1_per_seed"]) else
                "(**small batch sharper beyond the direction spread, unlike the paper**)."
                if clearly_above(sb["rise_1_per_seed"], lb["rise_1_per_seed"]) else
-               "(the difference is within the spread over directions)."))
+               "(the difference is within the spread over directions).")
+            + short_of_minimum(sb, lb))
     return "\n".join(lines)
+
+
+def test_text(r: dict[str, Any]) -> str:
+    n = r.get("test_samples_n")
+    return f"{r['final_test_error']:.2f}%" if not n else \
+        f"{r['final_test_error']:.2f} ± {binomial_se_pct(r['final_test_error'], n):.2f}%"
+
+
+def interpolation_verdict(wd: float, large_sharper: bool) -> str:
+    """Li et al.: interpolation makes the large batch look sharper without weight decay and the small
+    batch with it (its weights shrink more); our reading against that."""
+    expected_large = wd == 0
+    return ("as in the paper" if large_sharper == expected_large else
+            f"**unlike the paper**, where the {'large' if expected_large else 'small'}-batch end looks sharper "
+            f"{'without' if expected_large else 'with'} weight decay")
+
+
+def short_of_minimum(*records: dict[str, Any]) -> str:
+    short = [r for r in records if final_train_loss(r) >= CONVERGED_LOSS]
+    if not short:
+        return ""
+    return (" Caveat: " + ", ".join(f"{r['label']} stopped at a training loss of {final_train_loss(r):.3g}" for r in short)
+            + f" (not below {CONVERGED_LOSS}), so part of this difference may be distance from a minimum.")
 
 
 # Li et al. compare minimizers; a run whose training loss is still above this is not at one.
