@@ -22,7 +22,7 @@ from studies.figures import new_figure, save_figure
 from studies.recipes import BATCH_SIZE_MODES, BatchSizeSettings, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import scan_run
-from studies.stats import binomial_se_pct, clearly_above, final_train_loss, mean_sd
+from studies.stats import clearly_above, final_train_loss, fmt_error_se, mean_sd
 
 NAME = "batch_size_flatness"
 
@@ -197,7 +197,7 @@ def describe(records: dict, interpolations: dict, s: BatchSizeSettings) -> str:
         out_sb = float(np.interp(-0.25, x, z) - np.interp(0.0, x, z))
         out_lb = float(np.interp(1.25, x, z) - np.interp(1.0, x, z))
         lines.append(
-            f"- Weight decay {wd:g}: test error {test_text(sb)} (batch {s.small}) vs {test_text(lb)} (batch {s.large}; "
+            f"- Weight decay {wd:g}: test error {fmt_error_se(sb['final_test_error'], sb.get('test_samples_n'))} (batch {s.small}) vs {fmt_error_se(lb['final_test_error'], lb.get('test_samples_n'))} (batch {s.large}; "
             f"± binomial SE); weight norms {sb['weight_norm']:.1f} vs "
             f"{lb['weight_norm']:.1f}. Interpolation: the loss rises by {out_sb:.3g} going 0.25 beyond the small-batch "
             f"end and by {out_lb:.3g} beyond the large-batch end, so the "
@@ -215,12 +215,6 @@ def describe(records: dict, interpolations: dict, s: BatchSizeSettings) -> str:
     return "\n".join(lines)
 
 
-def test_text(r: dict[str, Any]) -> str:
-    n = r.get("test_samples_n")
-    return f"{r['final_test_error']:.2f}%" if not n else \
-        f"{r['final_test_error']:.2f} ± {binomial_se_pct(r['final_test_error'], n):.2f}%"
-
-
 def interpolation_verdict(wd: float, large_sharper: bool) -> str:
     """Li et al.: interpolation makes the large batch look sharper without weight decay and the small
     batch with it (its weights shrink more); our reading against that."""
@@ -230,8 +224,13 @@ def interpolation_verdict(wd: float, large_sharper: bool) -> str:
             f"{'without' if expected_large else 'with'} weight decay")
 
 
+def stopped_short(records: Any) -> list[dict[str, Any]]:
+    """The runs whose final training loss is not below :data:`CONVERGED_LOSS`."""
+    return [r for r in records if final_train_loss(r) >= CONVERGED_LOSS]
+
+
 def short_of_minimum(*records: dict[str, Any]) -> str:
-    short = [r for r in records if final_train_loss(r) >= CONVERGED_LOSS]
+    short = stopped_short(records)
     if not short:
         return ""
     return (" Caveat: " + ", ".join(f"{r['label']} stopped at a training loss of {final_train_loss(r):.3g}" for r in short)
@@ -247,7 +246,7 @@ def converged_note(rows: list[dict[str, Any]]) -> str:
     runs that stopped short of a minimum are partly distance from one."""
     eval_mode = all("train_loss_eval" in r["history"][-1] for r in rows)
     reached = "; ".join(f"{r['label']} {final_train_loss(r):.3g}" for r in rows)
-    short = [r["label"] for r in rows if final_train_loss(r) >= CONVERGED_LOSS]
+    short = [r["label"] for r in stopped_short(rows)]
     return (f"Training loss at the end ({'eval mode on the fixed training subset' if eval_mode else 'running average'}"
             f"): {reached}. " + (f"All runs are below {CONVERGED_LOSS}." if not short else
                                  f"**Not below {CONVERGED_LOSS}**: {', '.join(short)}; their slices describe a point "

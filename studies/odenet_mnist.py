@@ -18,7 +18,7 @@ from odenets.plots import plot_compare
 from studies.common import REPO, parse_args
 from studies.figures import epoch_axis, log_error_axis, new_figure, save_figure
 from studies.report import Timer, write_json, write_readme
-from studies.stats import binomial_se_pct, last_epoch_loss_change
+from studies.stats import binomial_se_pct, fmt_error_se, last_epoch_loss_change
 
 NAME = "odenet_mnist"
 MNIST_TEST_IMAGES = 10_000
@@ -158,10 +158,6 @@ def plot_training(doc: dict[str, Any], out: Path) -> str:
     return save_figure(fig, out, "training_curves")
 
 
-def se_text(error: float, test_n: int | None) -> str:
-    return f"{error:.2f}%" if not test_n else f"{error:.2f} ± {binomial_se_pct(error, test_n):.2f}%"
-
-
 def describe(doc: dict[str, Any], test_n: int | None = None) -> str:
     rows = {r["model"].split("[")[0]: r for r in doc["rows"]}
     lines = []
@@ -169,11 +165,11 @@ def describe(doc: dict[str, Any], test_n: int | None = None) -> str:
         res, ode = rows["resnet_mnist"], rows["odenet_mnist"]
         lines.append(f"- Parameters: ODE-Net {ode['params'] / 1e6:.3f}M vs ResNet {res['params'] / 1e6:.3f}M "
                      f"({ode['params'] / res['params']:.2f}x; paper 0.22M vs 0.60M). Test error "
-                     f"{se_text(ode['test_error'], test_n)} vs {se_text(res['test_error'], test_n)} (± binomial SE; "
+                     f"{fmt_error_se(ode['test_error'], test_n)} vs {fmt_error_se(res['test_error'], test_n)} (± binomial SE; "
                      f"paper 0.42% vs 0.41%).")
     if test_n and test_n >= 10_000:
         met = [r["model"] for r in doc["rows"] if r["test_error"] <= TARGET_ERROR_PCT]
-        missed = [f"{r['model']} ({se_text(r['test_error'], test_n)})" for r in doc["rows"]
+        missed = [f"{r['model']} ({fmt_error_se(r['test_error'], test_n)})" for r in doc["rows"]
                   if r["test_error"] > TARGET_ERROR_PCT]
         lines.append(f"- Target of ≤ {TARGET_ERROR_PCT}% test error on all {test_n:,} test images: "
                      + (f"met by every model ({', '.join(met)})." if not missed else

@@ -23,7 +23,7 @@ from studies.common import add_depths_option, depths_left_note, parse_args, sele
 from studies.recipes import LANDSCAPE_TRAINING, landscape_label, landscape_net, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import scan_run
-from studies.stats import binomial_se_pct, final_train_error
+from studies.stats import binomial_se_pct, final_train_error, fmt_error_se
 
 NAME = "resnet_vs_noshort_landscape"
 # Training error (%) above which a scanned net counts as untrained: its slice is not the paper's figure.
@@ -187,7 +187,7 @@ def describe(records: list[dict[str, Any]]) -> str:
                      f"interior grid points with {a['local_minima']} local minimum(s), center loss "
                      f"{a['center_loss']:.3g}; "
                      f"without skips {100 * b['convex_fraction']:.0f}%, {b['local_minima']} local minimum(s), center "
-                     f"loss {b['center_loss']:.3g}. Test error {se_text(a)} vs {se_text(b)} (± binomial SE).")
+                     f"loss {b['center_loss']:.3g}. Test error {fmt_error_se(a['final_test_error'], a['test_samples_n'])} vs {fmt_error_se(b['final_test_error'], b['test_samples_n'])} (± binomial SE).")
     deepest = max(d for d, _ in by)
     shallow = min(d for d, _ in by)
     for r in records:
@@ -214,10 +214,6 @@ def describe(records: list[dict[str, Any]]) -> str:
                      + ("it grows with depth beyond the SE, as in the paper." if grows else
                         "**not** a growth beyond the SE."))
     return "\n".join(lines)
-
-
-def se_text(r: dict[str, Any]) -> str:
-    return f"{r['final_test_error']:.2f} ± {binomial_se_pct(r['final_test_error'], r['test_samples_n']):.2f}%"
 
 
 def test_gap(plain: dict[str, Any], residual: dict[str, Any]) -> tuple[float, float]:

@@ -15,6 +15,11 @@ def binomial_se_pct(error_pct: float, n: int) -> float:
     return 100.0 * math.sqrt(max(p * (1.0 - p), 0.0) / n)
 
 
+def fmt_error_se(error_pct: float, n: int | None) -> str:
+    """A test error with its binomial SE ("0.67 ± 0.08%"); the bare error when the test-set size is unknown."""
+    return f"{error_pct:.2f}%" if not n else f"{error_pct:.2f} ± {binomial_se_pct(error_pct, n):.2f}%"
+
+
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """(mean, sample standard deviation); the sd of a single value is NaN (no spread measured)."""
     values = list(values)
