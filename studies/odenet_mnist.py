@@ -22,6 +22,7 @@ from studies.stats import binomial_se_pct, fmt_error_se, last_epoch_loss_change
 
 NAME = "odenet_mnist"
 MNIST_TEST_IMAGES = 10_000
+MNIST_TRAIN_IMAGES = 60_000  # "samples": None means all of them
 
 # odenets.compare's settings per mode. Quick is exactly the comparison run into results/odenet_mnist
 # with its CLI (python -m odenets.compare --samples 6000 --epochs 3 --milestones 0.7 --test-samples 2000
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "test_error_se_pct": binomial_se_pct(r["test_error"], test_n) if test_n else None}
                for r in rows}
     result = {"study": NAME, "tier": args.mode, "mode": args.mode, "seeds": [doc["config"]["seed"]],
-              "train_samples": doc["config"]["samples"], "test_samples": test_n, "models": models_,
+              "train_samples": doc["config"]["samples"] or (MNIST_TRAIN_IMAGES if doc["config"]["dataset"] == "mnist" else None), "test_samples": test_n, "models": models_,
               "reused_compare_json": reused, "seconds": timer.seconds,
               "compare_seconds": doc["seconds"], "config": doc["config"], "device": doc["device"],
               "rows": rows, "nfe_vs_epoch": doc["nfe_vs_epoch"], "sweep": sweep,
