@@ -63,3 +63,10 @@ def last_epoch_loss_change(record: dict[str, Any]) -> float:
     key = "train_loss_eval" if "train_loss_eval" in record["history"][-1] else "train_loss"
     before, last = record["history"][-2][key], record["history"][-1][key]
     return 100.0 * (last - before) / before
+
+
+def mean_diff_se(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(mean(a) - mean(b), its standard error sqrt(sd_a²/n_a + sd_b²/n_b)) over independent seeds
+    (Welch): how far apart two settings are, beside the uncertainty of that distance."""
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    return ma - mb, math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))

@@ -1,6 +1,7 @@
 """Stochastic depth (Huang et al. 2016): the linear decay rule, expectation kept at test time,
 row vs batch semantics, and dropped branches skipped in batch mode."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -145,10 +146,12 @@ def test_bad_options_are_rejected_with_what_is_accepted():
         models.build("resnet20_noshort", drop_path=0.2)
 
 
-def test_cpu_tier_times_the_variants_interleaved(tmp_path, monkeypatch):
-    """The cpu tier's timing path: per-depth rows with the paired step-time ratio and the fraction of
-    branches computed; no error claim is made there."""
+def test_cpu_tier_times_interleaved_and_tests_the_error_over_seeds(tmp_path, monkeypatch):
+    """The cpu tier: per-depth rows with the paired step-time ratio and the fraction of branches
+    computed, and the error claim over seeds (difference of means with its SE), never the training
+    logs' non-interleaved time ratio."""
     from studies import stochastic_depth as study
+    from studies.stats import mean_diff_se
 
     assert study.paired_ratio([2.0, 3.0, 4.0], [2.0, 2.0, 2.0]) == pytest.approx((1.5, 0.5 / 3 ** 0.5))  # sd 0.5, n 3
     monkeypatch.setattr(study, "TIMING_DEPTHS", (8,))
@@ -156,8 +159,20 @@ def test_cpu_tier_times_the_variants_interleaved(tmp_path, monkeypatch):
     monkeypatch.setitem(study.TIMING, "warmup", 0)
     monkeypatch.setitem(study.TIMING, "batch_size", 2)
     monkeypatch.setitem(study.TIMING, "image_size", 8)
-    result = study.main(["--cpu", "--out", str(tmp_path)])
+    monkeypatch.setitem(study.DEPTH, "cpu", 8)
+    monkeypatch.setitem(study.SEEDS, "cpu", 2)
+    smoke_recipe = study.training_recipe
+    monkeypatch.setattr(study, "training_recipe", lambda args, **kw: replace(
+        smoke_recipe(replace(args, mode="smoke"), **kw), train_eval_samples=16))
+    result = study.main(["--cpu", "--out", str(tmp_path), "--runs", str(tmp_path / "runs")])
     (row,) = result["timing"]
     assert result["tier"] == "cpu" and row["depth"] == 8 and row["steps"] == 2
     assert 0 <= row["branches_computed"] <= 1 and row["expected_branches_computed"] == pytest.approx(1 - study.expected_saving(8))
-    assert "not tested" in (tmp_path / "README.md").read_text()
+    assert result["seeds"] == [0, 1] and [len(v) for v in result["test_error_pct"].values()] == [2, 2]
+    for rs in result["nets"].values():
+        assert [r["seed"] for r in rs] == [0, 1] and all("relative_train_time" not in r for r in rs)
+        assert all(r["eval_train_error"] == r["history"][-1]["train_error_eval"] for r in rs)
+    diff, se = mean_diff_se(result["test_error_pct"]["stochastic depth"], result["test_error_pct"]["constant depth"])
+    readme = (tmp_path / "README.md").read_text()
+    assert f"difference {diff:+.2f} ± {se:.2f} points" in readme
+    assert "from the per-epoch logs" not in readme and "Interleaved step timing" in readme
