@@ -265,6 +265,10 @@ class SurfaceStore:
         self._last_flush = time.monotonic()
         self._dirty = False
         self._flushed = 0  # points in the last version written
+        # A store resumed from a file that then records nothing writes nothing: rerunning a study over
+        # complete (committed) surfaces must leave them byte for byte as they were.
+        self._adopted = False
+        self._recorded = False
         self._lock: ExitStack | None = None
         self._run: dict[str, Any] | None = None
 
@@ -325,14 +329,15 @@ class SurfaceStore:
             if k not in ("point_seconds", "format", "dir_file", "identity"):
                 self.attrs.setdefault(k, v)
         self.attrs["history"] = list(old.attrs.get("history") or [])
+        self._adopted = True
 
     # -- writing -----------------------------------------------------------------------------
     def begin_run(self, **info: Any) -> None:
-        """Start a history entry (host, device, ...) that each flush updates."""
+        """Start a history entry (host, device, ...) that each flush updates; it joins the file's
+        history with this run's first recorded point (a run that computes nothing leaves none)."""
         self._run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
                      "points": 0, "seconds": 0.0, **info}
         self.attrs.setdefault("history", [])
-        self.attrs["history"] = list(self.attrs["history"]) + [self._run]
 
     def note_run(self, **info: Any) -> None:
         """Add ``info`` (e.g. the engine settings) to this run's history entry (no-op outside a run)."""
@@ -349,7 +354,10 @@ class SurfaceStore:
             self.values[name][index] = np.asarray(v, dtype=np.float64)
         self.point_seconds[index] = np.nan_to_num(self.point_seconds[index]) + seconds_per_point
         self.done[index] = done
+        self._recorded = True
         if self._run is not None:
+            if not any(run is self._run for run in self.attrs["history"]):
+                self.attrs["history"] = list(self.attrs["history"]) + [self._run]
             self._run["points"] += len(index)
             self._run["seconds"] = round(self._run["seconds"] + seconds_per_point * len(index), 4)
         self._dirty = True
@@ -358,7 +366,7 @@ class SurfaceStore:
 
     def flush(self) -> None:
         """Write the whole file now (no-op without a path)."""
-        if self.path is None:
+        if self.path is None or (self._adopted and not self._recorded):
             return
         spent = self.point_seconds[self.done & ~np.isnan(self.point_seconds)]
         self.attrs["points_done"] = int(self.done.sum())

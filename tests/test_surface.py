@@ -92,6 +92,27 @@ def test_store_resumes_matching_files_and_refuses_others(tmp_path):
         SurfaceStore.open(path, x, y, ["train_loss", "test_loss"], ident)
 
 
+def test_a_run_that_computes_nothing_leaves_the_file_as_it_was(tmp_path):
+    """Rerunning a study over complete, committed surfaces must not dirty them: no empty history
+    entry, no new 'updated' date. A run that does compute records its entry."""
+    path = tmp_path / "s.h5"
+    x = np.linspace(-1, 1, 3)
+    with SurfaceStore.open(path, x, None, ["train_loss"], {}, flush_seconds=0) as store:
+        store.begin_run(device="cpu")
+        store.record(np.array([0, 1]), {"train_loss": np.array([1.0, 2.0])}, 0.1)
+    before = path.read_bytes()
+    with SurfaceStore.open(path, x, None, ["train_loss"], {}) as again:
+        again.begin_run(device="cpu")
+        again.note_run(engine="batched")
+        again.flush()
+    assert path.read_bytes() == before
+    with SurfaceStore.open(path, x, None, ["train_loss"], {}) as last:
+        last.begin_run(device="cpu")
+        last.record(np.array([2]), {"train_loss": np.array([3.0])}, 0.1)
+    history = read_surface(path).attrs["history"]
+    assert [h["points"] for h in history] == [2, 1]
+
+
 def test_store_refuses_reference_files_and_concurrent_writers(tmp_path):
     theirs = tmp_path / "theirs.h5"
     with h5py.File(theirs, "w") as f:
