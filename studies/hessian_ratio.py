@@ -22,7 +22,7 @@ from studies.common import add_depths_option, depths_left_note, parse_args, sele
 from studies.recipes import landscape_label, landscape_net, training_recipe
 from studies.report import Timer, compute_note, study_header, write_json, write_readme
 from studies.scans import replacing_conflicts, scan_config
-from studies.stats import final_train_error
+from studies.stats import final_train_error, fmt_error_se
 
 NAME = "hessian_ratio"
 CONVEX = 0.05  # a point counts as "locally convex" when |lambda_min / lambda_max| is below this
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "convex_threshold": CONVEX, "seed": args.seed,
               "seconds": timer.seconds, "threads": torch.get_num_threads(), "nets": records}
     write_json(args.out / "results.json", result)
-    table = [{"net": r["label"], "test error %": r["final_test_error"], "λmax at center": r["max_eig_center"],
+    table = [{"net": r["label"], "train error % (eval mode)": final_train_error(r),
+              "test error % (± binomial SE)": fmt_error_se(r["final_test_error"], r["test_samples_n"]),
+              "λmax at center": r["max_eig_center"],
               "λmin at center": r["min_eig_center"], "ratio at center": r["ratio_center"],
               "median ratio": r["ratio_median"], "max ratio": r["ratio_max"],
               f"share < {CONVEX}": r["convex_share"], "converged": f"{r['converged']}/{r['points']}",
@@ -143,8 +145,12 @@ def describe(records: list[dict[str, Any]]) -> str:
     depths = sorted({r["depth"] for r in records})
     if len(depths) > 1:
         gap = {d: by[d, False]["ratio_median"] - by[d, True]["ratio_median"] for d in depths}
-        lines.append(f"- The gap grows with depth ({', '.join(f'{gap[d]:+.3f} at {d}' for d in depths)})"
-                     + (", as the paper has it." if gap[depths[-1]] > gap[depths[0]] else ", **unlike the paper**."))
+        grows = gap[depths[-1]] > gap[depths[0]]
+        lines.append(f"- The gap of the medians, without minus with skips, is "
+                     f"{', '.join(f'{gap[d]:+.3f} at depth {d}' for d in depths)}: it "
+                     + ("grows with depth, as the paper has it" if grows else
+                        "does **not** grow with depth, **unlike the paper**")
+                     + "; one net per configuration and one plane, so no seed or direction spread is measured.")
     for r in records:
         if final_train_error(r) > 50:
             lines.append(f"- Caveat: {r['label']} barely trained ({final_train_error(r):.0f}% training error), "
