@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.blocks import linear_decay
 from models.cli import fail
 from models.data import load_device_data
@@ -155,13 +157,13 @@ def plot(records: dict[str, list[dict[str, Any]]], out: Path, title: str) -> lis
     ax = axes[0, 1]
     for i, (name, rs) in enumerate(records.items()):
         errors = [r["final_test_error"] for r in rs]
-        ax.scatter([i] * len(errors), errors, color=colors[name], alpha=0.6, zorder=3)
+        ax.scatter(i + np.linspace(-0.12, 0.12, len(errors)), errors, color=colors[name], alpha=0.6, zorder=3)
         ax.hlines(statistics.fmean(errors), i - 0.25, i + 0.25, color=colors[name], lw=2.5)
         ax.annotate(fmt_mean_sd(errors, 2, "%"), (i, max(errors)), ha="center", va="bottom", xytext=(0, 6),
                     textcoords="offset points", fontsize=8)
     ax.set_xticks(range(len(records)), list(records))
     ax.set_xlim(-0.6, len(records) - 0.4)
-    ax.set(ylabel="final test error (%)", title="Final test error per seed (bar: mean)")
+    ax.set(ylabel="final test error (%)", title="Final test error per seed (line: mean)")
     ax.margins(y=0.2)
     ax.grid(True, axis="y", alpha=0.3)
     return [save_figure(fig, out, "stochastic_depth")]
