@@ -11,8 +11,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from studies.stats import fmt_mean_sd
+
 __all__ = ["FAMILY_COLORS", "DEPTH_STYLES", "family_color", "depth_style", "curve_style", "family_label",
-           "new_figure", "save_figure", "log_error_axis", "epoch_axis"]
+           "new_figure", "save_figure", "log_error_axis", "epoch_axis", "seed_strip", "mean_band"]
 
 FAMILY_COLORS = {"plain": "#d62728", "resnet": "#1f77b4"}
 # dash pattern and marker per depth, shortest dash for the deepest nets
@@ -69,3 +71,30 @@ def epoch_axis(ax: Any) -> None:
     """Whole epochs only on the x axis (short runs otherwise get ticks at 1.5, 2.5, ...)."""
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def seed_strip(ax: Any, groups: dict[str, tuple[list[float], str, str]], ylabel: str) -> None:
+    """Every seed's value as a dot (spread sideways so that equal values stay visible) and each
+    group's mean as a bar-wide line, annotated with ``mean ± sd (n)`` and an optional extra line:
+    with five seeds the dots show the spread a min-max error bar hides. ``groups`` maps a tick
+    label to (values, colour, extra annotation)."""
+    for x, (label, (values, color, extra)) in enumerate(groups.items()):
+        ax.scatter(x + np.linspace(-0.12, 0.12, len(values)), values, color=color, alpha=0.7, zorder=3)
+        ax.hlines(float(np.mean(values)), x - 0.28, x + 0.28, color=color, lw=2.5)
+        ax.annotate(fmt_mean_sd(values, 2, "%") + (f"\n{extra}" if extra else ""), (x, max(values)), ha="center",
+                    va="bottom", xytext=(0, 6), textcoords="offset points", fontsize=7)
+    ax.set_xticks(list(range(len(groups))), list(groups))
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set(ylabel=ylabel)
+    ax.margins(y=0.25)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def mean_band(ax: Any, epochs: list[int], curves: list[list[float]], color: str, label: str, **plot: Any) -> None:
+    """One curve per group: the mean over seeds, with the min-max band when there are several
+    (five single curves per group tangle; the band keeps the spread in view)."""
+    values = np.asarray(curves, dtype=float)
+    ax.plot(epochs, values.mean(axis=0), color=color, label=f"{label} (mean of {len(values)})"
+            if len(values) > 1 else label, **plot)
+    if len(values) > 1:
+        ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=color, alpha=0.12, lw=0)

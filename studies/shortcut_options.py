@@ -12,15 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from models.cli import fail
 import models
 from models.data import DATASETS
 from models.summary import summarize as count
 from studies.cache import trained_record
 from studies.common import parse_args
-from studies.figures import epoch_axis, log_error_axis, new_figure, save_figure
+from studies.figures import epoch_axis, log_error_axis, mean_band, new_figure, save_figure, seed_strip
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
 from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, mean_diff_se, mean_sd
@@ -96,31 +94,17 @@ def plot(records: list[dict[str, Any]], summary: dict[str, dict[str, Any]], out:
     ax = axes[0, 0]
     for option in OPTIONS:
         rs = [r for r in records if r["option"] == option]
-        epochs = [h["epoch"] for h in rs[0]["history"]]
-        curves = np.array([[h["test_error"] for h in r["history"]] for r in rs])
-        label = option if option == "plain" else f"option {option}"
-        ax.plot(epochs, curves.mean(axis=0), "--" if option == "plain" else "-", color=COLORS[option], marker="o",
-                ms=3, label=f"{label} (mean of {len(rs)})")
-        if len(rs) > 1:
-            ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=COLORS[option], alpha=0.12, lw=0)
-    ax.set(xlabel="epoch", ylabel="test error (%)", title=f"Test error per epoch, {title}\n(line: mean over seeds, band: min-max)")
+        mean_band(ax, [h["epoch"] for h in rs[0]["history"]], [[h["test_error"] for h in r["history"]] for r in rs],
+                  COLORS[option], option if option == "plain" else f"option {option}",
+                  ls="--" if option == "plain" else "-", marker="o", ms=3)
+    ax.set(xlabel="epoch", ylabel="test error (%)", title=f"Test error per epoch, {title}\n(band: min-max over seeds)")
     log_error_axis(ax)
     epoch_axis(ax)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    ax = axes[0, 1]
-    for x, o in enumerate(OPTIONS):
-        errors = summary[o]["test_errors"]
-        ax.scatter(x + np.linspace(-0.12, 0.12, len(errors)), errors, color=COLORS[o], alpha=0.7, zorder=3)
-        ax.hlines(summary[o]["test_error"], x - 0.28, x + 0.28, color=COLORS[o], lw=2.5)
-        ax.annotate(f"{fmt_mean_sd(errors, 2, '%')}\n{summary[o]['params'] / 1e3:.1f}k params",
-                    (x, summary[o]["test_error_max"]), ha="center", va="bottom", xytext=(0, 6),
-                    textcoords="offset points", fontsize=7)
-    ax.set_xticks(list(range(len(OPTIONS))), ["plain", "A", "B", "C"])
-    ax.set_xlim(-0.6, len(OPTIONS) - 0.4)
-    ax.set(xlabel="shortcut option", ylabel="final test error (%)", title="Final test error per seed (line: mean)")
-    ax.margins(y=0.25)
-    ax.grid(True, axis="y", alpha=0.3)
+    seed_strip(axes[0, 1], {o: (summary[o]["test_errors"], COLORS[o], f"{summary[o]['params'] / 1e3:.1f}k params")
+                            for o in OPTIONS}, "final test error (%)")
+    axes[0, 1].set(xlabel="shortcut option", title="Final test error per seed (line: mean)")
     return [save_figure(fig, out, "shortcut_options")]
 
 

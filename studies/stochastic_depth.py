@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from models.blocks import linear_decay
 from models.cli import fail
@@ -26,7 +25,7 @@ from models.train import evaluate, warmup_enabled
 from odenets.stochastic_depth import TimingConfig, time_training_steps
 from studies.cache import load_trained, run_path, trained_record
 from studies.common import parse_args
-from studies.figures import epoch_axis, family_color, log_error_axis, new_figure, save_figure
+from studies.figures import epoch_axis, family_color, log_error_axis, mean_band, new_figure, save_figure, seed_strip
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
 from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, mean_diff_se
@@ -135,37 +134,25 @@ def relative_train_times(records: dict[str, list[dict[str, Any]]]) -> None:
 
 
 def plot(records: dict[str, list[dict[str, Any]]], out: Path, title: str) -> list[str]:
-    """Test (solid) and running training (dashed) error per epoch, every seed; final test error per
-    seed beside each variant's mean."""
+    """Test (solid) and running training (dashed) error per epoch, mean over seeds with its min-max
+    band; final test error per seed beside each variant's mean."""
     fig, axes = new_figure(2, 1, size=(5.0, 3.8))
     colors = {"constant depth": family_color(True), "stochastic depth": "#000000"}
     ax = axes[0, 0]
     for name, rs in records.items():
-        for r in rs:
-            epochs = [h["epoch"] for h in r["history"]]
-            first = r["seed_index"] == 0
-            alpha = 1.0 if first else 0.45
-            ax.plot(epochs, [h["test_error"] for h in r["history"]], "-", color=colors[name], marker="o", ms=3,
-                    alpha=alpha, label=f"{name}: test" if first else None)
-            ax.plot(epochs, [h["train_error"] for h in r["history"]], "--", color=colors[name], lw=1, alpha=alpha,
-                    label=f"{name}: training (running)" if first else None)
-    ax.set(xlabel="epoch", ylabel="error (%)", title=f"Constant vs stochastic depth, {title}")
+        epochs = [h["epoch"] for h in rs[0]["history"]]
+        mean_band(ax, epochs, [[h["test_error"] for h in r["history"]] for r in rs], colors[name], f"{name}: test",
+                  marker="o", ms=3)
+        mean_band(ax, epochs, [[h["train_error"] for h in r["history"]] for r in rs], colors[name],
+                  f"{name}: training (running)", ls="--", lw=1)
+    ax.set(xlabel="epoch", ylabel="error (%)", title=f"Constant vs stochastic depth, {title}\n(band: min-max over seeds)")
     log_error_axis(ax)
     epoch_axis(ax)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    ax = axes[0, 1]
-    for i, (name, rs) in enumerate(records.items()):
-        errors = [r["final_test_error"] for r in rs]
-        ax.scatter(i + np.linspace(-0.12, 0.12, len(errors)), errors, color=colors[name], alpha=0.6, zorder=3)
-        ax.hlines(statistics.fmean(errors), i - 0.25, i + 0.25, color=colors[name], lw=2.5)
-        ax.annotate(fmt_mean_sd(errors, 2, "%"), (i, max(errors)), ha="center", va="bottom", xytext=(0, 6),
-                    textcoords="offset points", fontsize=8)
-    ax.set_xticks(range(len(records)), list(records))
-    ax.set_xlim(-0.6, len(records) - 0.4)
-    ax.set(ylabel="final test error (%)", title="Final test error per seed (line: mean)")
-    ax.margins(y=0.2)
-    ax.grid(True, axis="y", alpha=0.3)
+    seed_strip(axes[0, 1], {n: ([r["final_test_error"] for r in rs], colors[n], "") for n, rs in records.items()},
+               "final test error (%)")
+    axes[0, 1].set(title="Final test error per seed (line: mean)")
     return [save_figure(fig, out, "stochastic_depth")]
 
 
@@ -181,7 +168,7 @@ def describe(records: dict[str, list[dict[str, Any]]], saving: float, timed: boo
     if len(s) == 1:
         beyond = "one seed: no spread measured"
     else:
-        beyond = "beyond the seed spread: " + yes[clearly_above(test["constant depth"], test["stochastic depth"])
+        beyond = "the difference exceeds the seed spread: " + yes[clearly_above(test["constant depth"], test["stochastic depth"])
                                                    or clearly_above(test["stochastic depth"], test["constant depth"])]
     ms, mc = statistics.fmean(evaluated["stochastic depth"]), statistics.fmean(running["stochastic depth"])
     lines = [
