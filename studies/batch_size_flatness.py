@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "paper_test_error": {label(b, wd): e for (wd, b), e in PAPER_TEST_ERROR.items()}}
     write_json(args.out / "results.json", result)
     table = [{"run": r["label"], "train loss": final_train_loss(r),
-              "test error % (ours)": r["final_test_error"],
+              "test error % (ours, ± binomial SE)": fmt_error_se(r["final_test_error"], r["test_samples_n"]),
               "test error % (Li et al. VGG-9, approx.)": r["paper_test_error"], "weight norm": r["weight_norm"],
               **{f"{name} (mean ± sd, {r['direction_seeds']} directions)": f"{r[key]:.3g} ± {r[key + '_sd']:.2g}"
                  for key, name in (("rise_0.5", "rise at ±0.5"), ("rise_1", "rise at ±1"), ("curvature", "curvature at 0"))}}

@@ -16,11 +16,12 @@ from studies.common import parse_args
 from studies.figures import curve_style, epoch_axis, family_color, log_error_axis, new_figure, save_figure
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
-from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, last_epoch_loss_change, mean_sd
+from studies.stats import (binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, last_epoch_loss_change,
+                           mean_diff_se, mean_sd)
 
 NAME = "degradation"
 DEPTHS = {"full": (20, 32, 44, 56), "cpu": (20, 56), "quick": (20, 32, 44, 56), "smoke": (8, 20)}
-SEEDS = {"full": 1, "cpu": 2, "quick": 1, "smoke": 1}
+SEEDS = {"full": 1, "cpu": 3, "quick": 1, "smoke": 1}
 
 # He et al. 2015: Table 6 (CIFAR-10 test error %, ResNets with option A shortcuts; the paper
 # gives no table for its CIFAR plain nets, only Fig. 6) and Table 2 (ImageNet top-1 %, 10-crop).
@@ -137,14 +138,22 @@ def describe(v: dict[str, Any], records: list[dict[str, Any]]) -> str:
     def f(net: str) -> str:
         return fmt_mean_sd(final[net], 2, "%")
 
+    def gap(a: str, b: str) -> str:
+        """mean(a) - mean(b) with the SE of that difference (none with one seed)."""
+        diff, se = mean_diff_se(final[a], final[b])
+        return f"{diff:+.2f}" + ("" if math.isnan(se) else f" ± {se:.2f}") + " points"
+
     return "\n".join([
         f"- Deeper plain net has the higher training error: {yes[v['plain_deeper_is_worse']]} "
-        f"(plain-{hi} {f(f'plain{hi}')} vs plain-{lo} {f(f'plain{lo}')}, mean ± sd over seeds); by more than "
-        f"the seed spread: {yes[v['plain_deeper_is_worse_beyond_seed_spread']]}.",
+        f"(plain-{hi} {f(f'plain{hi}')} vs plain-{lo} {f(f'plain{lo}')}, mean ± sd over seeds; difference "
+        f"{gap(f'plain{hi}', f'plain{lo}')}, ± SE of the difference); by more than the seed spread: "
+        f"{yes[v['plain_deeper_is_worse_beyond_seed_spread']]}.",
         f"- Deeper residual net is not worse: {yes[v['residual_deeper_not_worse']]} "
-        f"(ResNet-{hi} {f(f'resnet{hi}')} vs ResNet-{lo} {f(f'resnet{lo}')}).",
-        f"- Residual below plain at every depth: {yes[v['residual_beats_plain_at_every_depth']]}; beyond the seed "
-        f"spread at every depth: {yes[v['residual_beats_plain_beyond_seed_spread']]}.",
+        f"(ResNet-{hi} {f(f'resnet{hi}')} vs ResNet-{lo} {f(f'resnet{lo}')}; difference "
+        f"{gap(f'resnet{hi}', f'resnet{lo}')}).",
+        f"- Residual below plain at every depth: {yes[v['residual_beats_plain_at_every_depth']]} ("
+        + ", ".join(f"depth {d}: plain minus ResNet {gap(f'plain{d}', f'resnet{d}')}" for d in (lo, hi))
+        + f"); beyond the seed spread at every depth: {yes[v['residual_beats_plain_beyond_seed_spread']]}.",
         *([] if v["residual_deeper_not_worse"] else [
             f"- Within this budget ({records[0]['history'][-1]['epoch']} epochs) ResNet-{hi} ends above ResNet-{lo}; "
             f"whether it would end below with the paper's much longer training is not tested here."]),

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"net": r["label"], "params": r["params"], "warm-up": "yes" if r["warmup"] else "no",
-             "train error % (ours, eval mode)": final_train_error(r), "test error % (ours)": r["final_test_error"],
+             "train error % (ours, eval mode)": final_train_error(r), "test error % (ours, ± binomial SE)": fmt_error_se(r["final_test_error"], r["test_samples_n"]),
              "test error % (Li et al., CIFAR-10, as quoted)": r["paper_test_error"],
              "loss at center": r["center_loss"], "min loss on grid": r["min_loss"],
              "convex fraction": r["convex_fraction"], "local minima": r["local_minima"],
