@@ -159,8 +159,7 @@ def test_cpu_tier_times_interleaved_and_tests_the_error_over_seeds(tmp_path, mon
     monkeypatch.setitem(study.TIMING, "warmup", 0)
     monkeypatch.setitem(study.TIMING, "batch_size", 2)
     monkeypatch.setitem(study.TIMING, "image_size", 8)
-    monkeypatch.setitem(study.DEPTH, "cpu", 8)
-    monkeypatch.setitem(study.SEEDS, "cpu", 2)
+    monkeypatch.setitem(study.ERROR_RUNS, "cpu", ((8, 2), (20, 1)))
     smoke_recipe = study.training_recipe
     monkeypatch.setattr(study, "training_recipe", lambda args, **kw: replace(
         smoke_recipe(replace(args, mode="smoke"), **kw), train_eval_samples=16))
@@ -168,11 +167,15 @@ def test_cpu_tier_times_interleaved_and_tests_the_error_over_seeds(tmp_path, mon
     (row,) = result["timing"]
     assert result["tier"] == "cpu" and row["depth"] == 8 and row["steps"] == 2
     assert 0 <= row["branches_computed"] <= 1 and row["expected_branches_computed"] == pytest.approx(1 - study.expected_saving(8))
-    assert result["seeds"] == [0, 1] and [len(v) for v in result["test_error_pct"].values()] == [2, 2]
-    for rs in result["nets"].values():
+    assert result["seeds"] == [0, 1] and list(result["depths"]) == ["8", "20"]
+    eight, twenty = result["depths"]["8"], result["depths"]["20"]
+    assert eight["seeds"] == [0, 1] and [len(v) for v in eight["test_error_pct"].values()] == [2, 2]
+    assert twenty["seeds"] == [0] and all(r["model"] == "resnet20" for rs in twenty["nets"].values() for r in rs)
+    for rs in eight["nets"].values():
         assert [r["seed"] for r in rs] == [0, 1] and all("relative_train_time" not in r for r in rs)
         assert all(r["eval_train_error"] == r["history"][-1]["train_error_eval"] for r in rs)
-    diff, se = mean_diff_se(result["test_error_pct"]["stochastic depth"], result["test_error_pct"]["constant depth"])
+    diff, se = mean_diff_se(eight["test_error_pct"]["stochastic depth"], eight["test_error_pct"]["constant depth"])
     readme = (tmp_path / "README.md").read_text()
-    assert f"difference {diff:+.2f} ± {se:.2f} points" in readme
+    assert f"difference {diff:+.2f} ± {se:.2f} points" in readme and "one seed: no spread measured" in readme
+    assert "## Constant vs stochastic depth, ResNet-8" in readme and "## Constant vs stochastic depth, ResNet-20" in readme
     assert "from the per-epoch logs" not in readme and "Interleaved step timing" in readme

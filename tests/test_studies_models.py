@@ -136,9 +136,10 @@ def test_shortcut_options_smoke(tmp_path, runs):
 
 def test_stochastic_depth_smoke(tmp_path, runs):
     result = smoke(stochastic_depth, tmp_path, runs)
-    (const,), (sd,) = result["nets"]["constant depth"], result["nets"]["stochastic depth"]
-    assert result["test_error_pct"] == {"constant depth": [const["final_test_error"]],
-                                        "stochastic depth": [sd["final_test_error"]]}
+    (depth,) = result["depths"].values()
+    (const,), (sd,) = depth["nets"]["constant depth"], depth["nets"]["stochastic depth"]
+    assert depth["test_error_pct"] == {"constant depth": [const["final_test_error"]],
+                                       "stochastic depth": [sd["final_test_error"]]}
     for net in (const, sd):
         check_run(net, result["epochs"])
     assert sd["model_kwargs"] == {"drop_path": 0.5, "drop_mode": "batch"}
@@ -179,7 +180,8 @@ def test_full_modes_use_the_papers_settings():
     he = training_recipe(args)  # He et al. 2016: 64k iterations of batch 128 = 164 epochs
     assert (he.dataset, he.epochs, he.batch_size, he.lr, he.momentum, he.weight_decay, he.milestones) == \
         ("cifar10", 164, 128, 0.1, 0.9, 1e-4, (0.5, 0.75))
-    sd = training_recipe(args, model=f"resnet{stochastic_depth.DEPTH['full']}", **stochastic_depth.OVERRIDES["full"])
+    ((depth, _),) = stochastic_depth.ERROR_RUNS["full"]
+    sd = training_recipe(args, model=f"resnet{depth}", **stochastic_depth.OVERRIDES["full"])
     assert (sd.model, sd.epochs) == ("resnet110", 500)  # Huang et al.: lr /10 at epochs 250 and 375
     assert stochastic_depth.VARIANTS["stochastic depth"] == {"drop_path": 0.5, "drop_mode": "batch"}
     assert degradation.DEPTHS["full"] == (20, 32, 44, 56) and shortcut_options.DEPTH["full"] == 32
