@@ -16,8 +16,8 @@ from studies.common import parse_args
 from studies.figures import curve_style, epoch_axis, family_color, log_error_axis, new_figure, save_figure
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
-from studies.stats import (binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, last_epoch_loss_change,
-                           mean_diff_se, mean_sd)
+from studies.stats import (binomial_se_pct, clearly_above, final_train_error, fmt_diff_se, fmt_mean_sd,
+                           last_epoch_loss_change, mean_sd)
 
 NAME = "degradation"
 DEPTHS = {"full": (20, 32, 44, 56), "cpu": (20, 56), "quick": (20, 32, 44, 56), "smoke": (8, 20)}
@@ -139,9 +139,7 @@ def describe(v: dict[str, Any], records: list[dict[str, Any]]) -> str:
         return fmt_mean_sd(final[net], 2, "%")
 
     def gap(a: str, b: str) -> str:
-        """mean(a) - mean(b) with the SE of that difference (none with one seed)."""
-        diff, se = mean_diff_se(final[a], final[b])
-        return f"{diff:+.2f}" + ("" if math.isnan(se) else f" ± {se:.2f}") + " points"
+        return fmt_diff_se(final[a], final[b]) + " points"
 
     return "\n".join([
         f"- Deeper plain net has the higher training error: {yes[v['plain_deeper_is_worse']]} "

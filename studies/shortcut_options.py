@@ -6,7 +6,6 @@ in every block), and the plain net with no shortcut: error and parameter count.
 """
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from studies.common import parse_args
 from studies.figures import epoch_axis, log_error_axis, mean_band, new_figure, save_figure, seed_strip
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
-from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, mean_diff_se, mean_sd
+from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_diff_se, fmt_mean_sd, mean_sd
 
 NAME = "shortcut_options"
 # ResNet-32 is the CIFAR net closest to the paper's ResNet-34. Quick uses ResNet-20 at the paper's
@@ -119,19 +118,15 @@ def describe(summary: dict[str, dict[str, Any]]) -> str:
     one_seed = summary["A"]["seeds"] == 1
     ranking = " < ".join(abc)
     all_ordered = all(f"{a} < {b}" in ordered for a, b in zip(abc, abc[1:]))
-    gains = []
-    for o in "ABC":
-        diff, se = mean_diff_se(runs[o], runs["plain"])
-        gains.append(f"{o} {diff:+.2f}" + ("" if math.isnan(se) else f" ± {se:.2f}"))
     return "\n".join([
         f"- Every shortcut option beats plain: {yes[all(err[o] < err['plain'] for o in 'ABC')]} "
         f"(test error, mean ± sd over seeds: "
         + ", ".join(f"{o} {fmt_mean_sd(runs[o], 2, '%')}" for o in OPTIONS) + "); by more than the seed spread: "
         f"{yes[all(clearly_above(runs['plain'], runs[o]) for o in 'ABC')]}. Difference to plain in points "
-        "(mean ± SE of the difference of means): " + ", ".join(gains) + ".",
+        "(mean ± SE of the difference of means): " + ", ".join(f"{o} {fmt_diff_se(runs[o], runs['plain'])}" for o in "ABC")
+        + ".",
         "- Training error (eval mode on the fixed training subset where measured), difference to plain in points: "
-        + ", ".join(f"{o} {mean_diff_se(train[o], train['plain'])[0]:+.2f}"
-                    + ("" if one_seed else f" ± {mean_diff_se(train[o], train['plain'])[1]:.2f}") for o in "ABC")
+        + ", ".join(f"{o} {fmt_diff_se(train[o], train['plain'])}" for o in "ABC")
         + f"; every option below plain by more than the seed spread: "
         f"{yes[all(clearly_above(train['plain'], train[o]) for o in 'ABC')]}.",
         "- Orders among A/B/C that exceed the seed spread: " + (", ".join(ordered) if ordered else

@@ -70,3 +70,9 @@ def mean_diff_se(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     (Welch): how far apart two settings are, beside the uncertainty of that distance."""
     (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
     return ma - mb, math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+
+
+def fmt_diff_se(a: Sequence[float], b: Sequence[float]) -> str:
+    """:func:`mean_diff_se` as text, "+0.44 ± 0.06"; the bare difference where one seed gives no SE."""
+    diff, se = mean_diff_se(a, b)
+    return f"{diff:+.2f}" + ("" if math.isnan(se) else f" ± {se:.2f}")

@@ -11,7 +11,6 @@ actually computed. Its error runs are ResNet-20 over five seeds and ResNet-56 ov
 """
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from studies.common import parse_args
 from studies.figures import epoch_axis, family_color, log_error_axis, mean_band, new_figure, save_figure, seed_strip
 from studies.recipes import training_recipe
 from studies.report import Timer, training_note, write_json, write_readme
-from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_mean_sd, mean_diff_se
+from studies.stats import binomial_se_pct, clearly_above, final_train_error, fmt_diff_se, fmt_mean_sd, mean_diff_se
 
 NAME = "stochastic_depth"
 # (depth, seeds) of the error runs per tier. Cpu: ResNet-20 over five seeds, and ResNet-56 over three (its
@@ -167,7 +166,7 @@ def describe(records: dict[str, list[dict[str, Any]]], depth: int, timed: bool) 
     running = {n: [r["final_train_error"] for r in rs] for n, rs in records.items()}
     evaluated = {n: [r["eval_train_error"] for r in rs] for n, rs in records.items()}
     yes = {True: "yes", False: "**no**"}
-    diff, se = mean_diff_se(test["stochastic depth"], test["constant depth"])
+    diff = mean_diff_se(test["stochastic depth"], test["constant depth"])[0]
     if len(s) == 1:
         beyond = "one seed: no spread measured"
     else:
@@ -176,8 +175,8 @@ def describe(records: dict[str, list[dict[str, Any]]], depth: int, timed: bool) 
     ms, mc = statistics.fmean(evaluated["stochastic depth"]), statistics.fmean(running["stochastic depth"])
     lines = [
         f"- ResNet-{depth}, lower final test error with stochastic depth: {yes[diff < 0]} ({fmt_mean_sd(test['stochastic depth'], 2, '%')}"
-        f" vs {fmt_mean_sd(test['constant depth'], 2, '%')}, mean ± sd over seeds; difference {diff:+.2f}"
-        + ("" if math.isnan(se) else f" ± {se:.2f}") + f" points; {beyond}; binomial SE of one run "
+        f" vs {fmt_mean_sd(test['constant depth'], 2, '%')}, mean ± sd over seeds; difference "
+        f"{fmt_diff_se(test['stochastic depth'], test['constant depth'])} points; {beyond}; binomial SE of one run "
         f"± {binomial_se_pct(statistics.fmean(test['constant depth']), c[0]['test_samples_n']):.2f}).",
         f"- ResNet-{depth}, higher running training error with stochastic depth (train mode, blocks dropped: it regularizes): "
         f"{yes[statistics.fmean(running['stochastic depth']) > statistics.fmean(running['constant depth'])]} "
