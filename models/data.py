@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +26,9 @@ __all__ = [
     "DataNotFoundError",
     "DatasetInfo",
     "DeviceData",
+    "AUGMENTATIONS",
     "augment_batch",
+    "resolve_augment",
     "default_data_root",
     "load_device_data",
     "load_split",
@@ -211,20 +213,45 @@ def _load_torchvision(name: str, root: str, train: bool, samples: int | None,
     return x, y
 
 
-def augment_batch(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
-    """CIFAR recipe on a whole batch: zero-pad by `pad`, random crop back to (H, W), random
-    horizontal flip, each drawn per image from `generator` (a CPU generator; draws move to x's
-    device). Padding is done in normalized space, so the border is the data mean, not black.
+# Training-time augmentations a run can ask for (TrainConfig.augment): "crop" is Chen et al.'s
+# MNIST recipe (their odenet_mnist.py: RandomCrop(28, padding=4) on raw pixels, so a black border);
+# "crop+flip" is the CIFAR recipe of He et al. (pad 4, crop, horizontal flip).
+AUGMENTATIONS = ("none", "crop", "crop+flip")
+
+
+def resolve_augment(dataset: str, augment: str | None) -> str:
+    """The augmentation a run uses: `augment`, or the data set's standard recipe when None
+    (crop+flip where DatasetInfo.augment, else none)."""
+    if augment is None:
+        return "crop+flip" if _check_name(dataset).augment else "none"
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTATIONS)} (or None: the data set's recipe)")
+    return augment
+
+
+def augment_batch(x: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True,
+                  fill: Sequence[float] | None = None) -> Tensor:
+    """Pad by `pad`, crop back to (H, W) at a random offset and (if `flip`) flip horizontally at
+    random, each drawn per image from `generator` (a CPU generator; draws move to x's device).
+    The border is `fill` per channel, in the normalized units of x; None is 0, the data mean
+    (this toolkit's CIFAR recipe). For MNIST's crop, pass the normalized value of a black pixel,
+    as torchvision's RandomCrop(padding=4) on raw pixels gives: a grey border would be an
+    artifact no test image has.
 
     x: (B, C, H, W); returns a new tensor of the same shape and memory format.
     """
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     shifts = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
-    flip = torch.randint(0, 2, (b,), generator=generator).bool().to(x.device)
     rows = shifts[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = shifts[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
+    if flip:
+        flipped = torch.randint(0, 2, (b,), generator=generator).bool().to(x.device)
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    offset = None if fill is None else torch.as_tensor(fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+    padded = F.pad(x if offset is None else x - offset, (pad, pad, pad, pad))  # constant 0 = fill after the shift back
+    if offset is not None:
+        padded = padded + offset
+    padded = padded.permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
     out = padded[torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
     return torch.empty_like(x).copy_(out.permute(0, 3, 1, 2))
 
@@ -244,12 +271,16 @@ class DeviceData:
         batch_size: int,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
-        augment: bool = False,
+        augment: str = "none",
         drop_last: bool = False,
+        fill: Sequence[float] | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (x, y) batches: views in order, or index-selects of a permutation drawn from
-        `generator` (a CPU generator, so CPU and GPU runs see the same order)."""
-        if (shuffle or augment) and generator is None:
+        `generator` (a CPU generator, so CPU and GPU runs see the same order), augmented as
+        `augment` (one of AUGMENTATIONS; `fill`: see augment_batch)."""
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+        if (shuffle or augment != "none") and generator is None:
             raise ValueError("shuffle/augment need an explicit torch.Generator (no global RNG)")
         n = len(self)
         order = torch.randperm(n, generator=generator).to(self.x.device) if shuffle else None
@@ -260,7 +291,9 @@ class DeviceData:
             else:
                 idx = order[start:start + batch_size]
                 xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
-            yield (augment_batch(xb, generator) if augment else xb), yb  # type: ignore[arg-type]
+            if augment != "none":
+                xb = augment_batch(xb, generator, flip=augment == "crop+flip", fill=fill)  # type: ignore[arg-type]
+            yield xb, yb
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None,
            memory_format: torch.memory_format | None = None) -> DeviceData:

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from .checks import positive_int
 from .cli import fail
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .data import DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data, normalization_constants
+from .data import (AUGMENTATIONS, DATASETS, NORMALIZATIONS, DeviceData, default_data_root, load_device_data,
+                   normalization_constants, resolve_augment)
 from .device import resolve_device
 from .fileio import atomic_path
 from .locking import LockHeldError, file_lock
@@ -97,6 +98,7 @@ class TrainConfig:
     save_every: int = 1
     force: bool = False  # start over when --out holds a run of another configuration
     normalization: str = "torchvision"  # input constants, models.data.NORMALIZATIONS; recorded in checkpoints
+    augment: str | None = None  # models.data.AUGMENTATIONS; None: the data set's standard recipe
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
@@ -113,6 +115,7 @@ class TrainConfig:
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         normalization_constants(self.dataset, self.normalization)  # raises for unknown or inapplicable names
+        resolve_augment(self.dataset, self.augment)  # raises for an unknown name
 
     @property
     def model_name(self) -> str:
@@ -121,6 +124,14 @@ class TrainConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out if self.out is not None else f"runs/{self.model_name}_{self.dataset}")
+
+
+def crop_fill(dataset: str, normalization: str) -> tuple[float, ...]:
+    """A black pixel in normalized units, per channel: the border torchvision's RandomCrop(padding=4)
+    gives on raw pixels, as in Chen et al.'s MNIST recipe ("crop"). The CIFAR recipe ("crop+flip")
+    keeps its border at the data mean (fill None), as every cached CIFAR run was trained."""
+    mean, std = normalization_constants(dataset, normalization)
+    return tuple(-m / s for m, s in zip(mean, std))
 
 
 def warmup_enabled(config: TrainConfig) -> bool:
@@ -249,6 +260,9 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
     train_eval = (DeviceData(train_data.x[:config.train_eval_samples], train_data.y[:config.train_eval_samples])
                   if config.train_eval_samples else None)
     _check_writable(out)
+    augment = resolve_augment(config.dataset, config.augment)
+    # [:channels]: synthetic data may have fewer channels than its (equal per-channel) constants
+    fill = crop_fill(config.dataset, config.normalization)[:train_data.x.shape[1]] if augment == "crop" else None
 
     # The whole run uses a private copy of the global RNG (stochastic layers draw from it),
     # seeded here and restored on resume; the caller's RNG state is left untouched.
@@ -305,7 +319,7 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             wrong_sum = torch.zeros((), device=device, dtype=torch.int64)
             step = (epoch - 1) * steps_per_epoch
-            batches = train_data.batches(config.batch_size, shuffle=True, generator=gen, augment=info.augment)
+            batches = train_data.batches(config.batch_size, shuffle=True, generator=gen, augment=augment, fill=fill)
             for xb, yb in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
                                disable=not config.progress, leave=False):
                 lr = lr_at(config, step, total_steps, warming=warm_err is not None)
@@ -359,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="input constants: torchvision-style, or the original loss-landscape code's (CIFAR-10)")
     p.add_argument("--data-kw", action="append", default=[], metavar="KEY=VALUE",
                    help="synthetic data option (seed, image_size, channels, size, noise)")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=None,
+                   help="training augmentation (default: the data set's recipe: crop+flip on CIFAR, none on MNIST)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--samples", type=int, help="train on the first N training images")
     p.add_argument("--test-samples", type=int, help="test on the first N test images")

@@ -22,7 +22,8 @@ import torch.nn as nn
 from models import build, load_checkpoint, resolve_device
 from models.checks import positive_int
 from models.cli import add_threads_argument, fail, set_threads
-from models.data import DATASETS, DataNotFoundError, DeviceData, default_data_root, load_device_data
+from models.data import (AUGMENTATIONS, DATASETS, DataNotFoundError, DeviceData, default_data_root, load_device_data,
+                         resolve_augment)
 from models.ode import ADAPTIVE_METHODS, counted_blocks, nfe, ode_blocks
 from models.summary import count_params
 from models.registry import parse_key_values
@@ -51,9 +52,11 @@ class CompareConfig:
     dataset: str = "mnist"
     data_root: str = field(default_factory=default_data_root)
     data_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    augment: str | None = None  # models.data.AUGMENTATIONS; None: the data set's recipe (none on MNIST)
     epochs: int = 2
     samples: int | None = 2000
     test_samples: int | None = 1000
+    train_eval_samples: int | None = None  # eval-mode error on the first N training images per epoch (models.train)
     batch_size: int = 128
     lr: float = 0.1
     milestones: tuple[float, ...] = (0.5, 0.75)
@@ -86,11 +89,12 @@ class CompareConfig:
             parse_entry(entry)
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS)}")
+        resolve_augment(self.dataset, self.augment)  # raises for an unknown name
         if self.sweep_model is not None and self.sweep_model not in self.models:
             raise ValueError(f"sweep_model {self.sweep_model!r} is not among models {self.models}")
         for name in ("epochs", "batch_size", "memory_batch", "probe_batch", "eval_batch"):
             positive_int(name, getattr(self, name))
-        for name in ("samples", "test_samples", "sweep_samples"):
+        for name in ("samples", "test_samples", "train_eval_samples", "sweep_samples"):
             positive_int(name, getattr(self, name), allow_none=True, note="None: all")
         for name in ("euler_steps", "memory_steps"):
             for k in getattr(self, name):
@@ -112,6 +116,19 @@ def parse_entry(entry: str) -> tuple[str, dict[str, Any]]:
 def _run_dir(config: CompareConfig, entry: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", entry).strip("_")
     return Path(config.runs) / f"{slug}_{config.dataset}"
+
+
+def train_config(config: CompareConfig, entry: str) -> TrainConfig:
+    """The training run behind one model entry: its checkpoints live in ``runs``, so a run trained
+    on its own (e.g. one process per model on a multi-core machine) is what compare() reuses."""
+    name, kwargs = parse_entry(entry)
+    return TrainConfig(model=name, model_kwargs=kwargs, dataset=config.dataset, data_root=config.data_root,
+                       data_kwargs=config.data_kwargs, augment=config.augment, epochs=config.epochs,
+                       samples=config.samples, test_samples=config.test_samples,
+                       train_eval_samples=config.train_eval_samples, batch_size=config.batch_size,
+                       lr=config.lr, milestones=config.milestones, weight_decay=config.weight_decay, seed=config.seed,
+                       device=str(resolve_device(config.device)), amp=False, out=str(_run_dir(config, entry)),
+                       progress=config.progress, force=config.force)
 
 
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
@@ -152,13 +169,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     for entry in config.models:
         name, kwargs = parse_entry(entry)
         run = _run_dir(config, entry)
-        tc = TrainConfig(model=name, model_kwargs=kwargs, dataset=config.dataset, data_root=config.data_root,
-                         data_kwargs=config.data_kwargs, epochs=config.epochs, samples=config.samples,
-                         test_samples=config.test_samples, batch_size=config.batch_size, lr=config.lr,
-                         milestones=config.milestones,
-                         weight_decay=config.weight_decay, seed=config.seed, device=str(device), amp=False,
-                         out=str(run), progress=config.progress, force=config.force)
-        history = train(tc)
+        history = train(train_config(config, entry))
         histories[entry] = history
         model, _ = load_checkpoint(run / "final.pt", map_location=device)
         model = model.to(device)
@@ -342,9 +353,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--data-root", default=d.data_root, help="data sets folder (default $RESNET_TOOLKIT_DATA, else ./data)")
     p.add_argument("--data-kw", action="append", default=[], metavar="KEY=VALUE",
                    help="synthetic data option (seed, image_size, channels, size, noise)")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=None,
+                   help="training augmentation (default: the data set's recipe, none on MNIST; Chen et al.'s code "
+                        "uses crop: pad 4 and crop)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--samples", type=int, default=d.samples, help="training images (0: all)")
     p.add_argument("--test-samples", type=int, default=d.test_samples, help="test images (0: all)")
+    p.add_argument("--train-eval-samples", type=int, default=d.train_eval_samples,
+                   help="after each epoch, eval-mode error on the first N training images (0: none)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--milestones", type=_floats, default=d.milestones,
@@ -370,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = vars(p.parse_args(argv))
     set_threads(args.pop("threads"))
     plots = args.pop("plots")
-    for key in ("samples", "test_samples", "sweep_samples"):
+    for key in ("samples", "test_samples", "train_eval_samples", "sweep_samples"):
         args[key] = args[key] or None
     try:
         args["data_kwargs"] = parse_key_values(args.pop("data_kw"))

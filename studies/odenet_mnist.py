@@ -31,14 +31,17 @@ MNIST_TRAIN_IMAGES = 60_000  # "samples": None means all of them
 MODES: dict[str, dict[str, Any]] = {
     # Chen et al.: all 60k MNIST images, 160 epochs (their code: SGD lr 0.1, batch 128), full test set.
     "full": dict(epochs=160, samples=None, test_samples=None, sweep_samples=None),
-    # The cpu tier: Chen et al.'s data (all 60k training / 10k test images), 6 epochs (lr /10 at 50%
-    # and 75%), the solver sweep over 2,000 test images. Defined but not yet run on 2 cores (the ODE-Net
-    # alone is ~9 min per epoch there); see studies/README.md.
-    "cpu": dict(epochs=6, samples=None, test_samples=None, sweep_samples=2000, memory_steps=(1, 2, 4, 8, 16, 32, 64)),
+    # The cpu tier: Chen et al.'s data (all 60k training / 10k test images) and their training
+    # augmentation (pad 4 + random crop, black border), 8 epochs (lr /10 at 50% and 75%), the solver
+    # sweep over 2,000 test images. Without augmentation 6 epochs ended at 0.67% for all three models
+    # (see CPU_NO_AUGMENT); training error in eval mode on the first 10,000 training images. The ODE-Net takes ~13 min per epoch on one core.
+    "cpu": dict(epochs=8, augment="crop", samples=None, test_samples=None, train_eval_samples=10_000, sweep_samples=2000,
+                memory_steps=(1, 2, 4, 8, 16, 32, 64)),
     "quick": dict(epochs=3, samples=6000, test_samples=2000, milestones=(0.7,), sweep_samples=1000,
                   memory_steps=(1, 2, 4, 8, 16, 32, 64)),
     "smoke": dict(models=("resnet_mnist[width=4]", "rknet_mnist[width=4]", "odenet_mnist[width=4,rtol=0.1,atol=0.1]"),
                   dataset="synthetic", data_kwargs={"channels": 1, "image_size": 12, "size": 48}, epochs=2,
+                  augment="crop", train_eval_samples=16,
                   samples=32, test_samples=24, batch_size=16, sweep_samples=16, euler_steps=(1, 2, 4),
                   tolerances=(0.1, 0.01), memory_steps=(1, 2), memory_batch=4, probe_batch=8, eval_batch=8),
 }
@@ -54,6 +57,9 @@ TARGET_ERROR_PCT = 0.6
 # test error on 10,000 images after 150 and 300 steps. The quick run's slow start (45-62% after 47 steps)
 # was the shortness of that run, not the recipe.
 PILOT = {"resnet_mnist": (9.88, 4.21), "rknet_mnist": (6.34, 2.58)}
+
+# The cpu tier's previous run (commit 12cd84d): all of MNIST, 6 epochs, no augmentation, seed 0.
+CPU_NO_AUGMENT = {"epochs": 6, "test_error_pct": {"resnet_mnist": 0.67, "rknet_mnist": 0.67, "odenet_mnist": 0.67}}
 
 PAPER_NOTE = ("Chen et al. Table 1 (MNIST): 1-layer MLP 1.60% / 0.24M; ResNet 0.41% / 0.60M, memory O(L); "
               "RK-Net 0.47% / 0.22M, memory O(L~); ODE-Net 0.42% / 0.22M, memory O(1). Fig. 3: NFE-B is about "
@@ -143,16 +149,24 @@ def _m(value: float | None) -> str | None:
 
 
 def plot_training(doc: dict[str, Any], out: Path) -> str:
-    """Training loss and test error per epoch of every model: whether training had levelled off."""
-    fig, axes = new_figure(2, 1, size=(4.6, 3.4))
-    for model, history in doc["histories"].items():
-        epochs = [h["epoch"] for h in history]
-        axes[0, 0].plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3, label=model)
-        axes[0, 1].plot(epochs, [h["test_error"] for h in history], marker="o", ms=3, label=model)
-    axes[0, 0].set(yscale="log", ylabel="training loss (running, train mode)", title="Training loss")
-    axes[0, 1].set(ylabel="test error (%)", title=f"Test error ({doc['config']['test_samples'] or 'all'} images)")
-    log_error_axis(axes[0, 1])
-    for ax in axes[0]:
+    """Training loss, training error (eval mode on a fixed subset, where the run measured it) and
+    test error per epoch of every model: whether training had levelled off."""
+    histories = doc["histories"]
+    eval_mode = all("train_error_eval" in h for history in histories.values() for h in history)
+    fig, axes = new_figure(3 if eval_mode else 2, 1, size=(4.6, 3.4))
+    panels = [("train_loss", "training loss (running, train mode)", "Training loss")]
+    if eval_mode:
+        panels.append(("train_error_eval", "training error (%)",
+                       f"Training error (eval mode, first {doc['config']['train_eval_samples']:,} images)"))
+    panels.append(("test_error", "test error (%)", f"Test error ({doc['config']['test_samples'] or 'all'} images)"))
+    for ax, (key, ylabel, title) in zip(axes[0], panels):
+        for model, history in histories.items():
+            ax.plot([h["epoch"] for h in history], [h[key] for h in history], marker="o", ms=3, label=model)
+        ax.set(ylabel=ylabel, title=title)
+        if key == "train_loss":
+            ax.set_yscale("log")
+        else:
+            log_error_axis(ax)
         epoch_axis(ax)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -175,6 +189,15 @@ def describe(doc: dict[str, Any], test_n: int | None = None) -> str:
         lines.append(f"- Target of ≤ {TARGET_ERROR_PCT}% test error on all {test_n:,} test images: "
                      + (f"met by every model ({', '.join(met)})." if not missed else
                         f"**missed** by {', '.join(missed)}" + (f"; met by {', '.join(met)}." if met else ".")))
+    if all("train_error_eval" in h[-1] for h in doc["histories"].values()):
+        lines.append(f"- Training error at the end (eval mode, first {doc['config']['train_eval_samples']:,} training "
+                     "images, no augmentation): " + ", ".join(f"{m} {h[-1]['train_error_eval']:.2f}%"
+                                                              for m, h in doc["histories"].items()) + ".")
+    if doc["config"].get("augment") == "crop" and test_n and test_n >= 10_000:
+        lines.append(f"- Without augmentation ({CPU_NO_AUGMENT['epochs']} epochs, otherwise the same recipe; the "
+                     "previous cpu run) every model ended at "
+                     + ", ".join(f"{m} {fmt_error_se(e, test_n)}" for m, e in CPU_NO_AUGMENT["test_error_pct"].items())
+                     + ".")
     change = {m: last_epoch_loss_change({"history": h}) for m, h in doc["histories"].items() if len(h) > 1}
     if change:
         lines.append("- Training loss change in the last epoch (running average, train mode): "
@@ -220,14 +243,16 @@ def notes(args: Any, c: dict[str, Any], reused: bool) -> str:
     parts = [f"Computed by `odenets.compare` (library call), which writes `compare.json` / `compare.md` and the "
              f"figures (`odenets.plots`) in this folder; this study adds `README.md` and `results.json`. Settings: "
              f"{c['dataset']}, {c['samples'] or 'all'} training / {c['test_samples'] or 'all'} test images, "
-             f"{c['epochs']} epoch(s), batch {c['batch_size']}, SGD lr {c['lr']}, seed {c['seed']}; checkpoints in "
+             f"{c['epochs']} epoch(s), batch {c['batch_size']}, SGD lr {c['lr']}, augmentation {c.get('augment') or 'none'}, "
+             f"seed {c['seed']}; checkpoints in "
              f"`{Path(c['runs']).name}/`." + (" The `compare.json` found here was made with exactly these settings "
                                              "and was reused, not recomputed (the time above is its computation's)."
                                              if reused else ""),
              PAPER_NOTE]
     if args.mode == "cpu":
-        parts.append(f"**The cpu tier**: Chen et al.'s data (all 60,000 training and 10,000 test images) and "
-                     f"optimizer, {c['epochs']} epochs instead of ~160 (lr /10 at {', '.join(f'{m:.0%}' for m in c['milestones'])} "
+        parts.append(f"**The cpu tier**: Chen et al.'s data (all 60,000 training and 10,000 test images), optimizer "
+                     f"and training augmentation (pad 4 + random 28x28 crop, a black border, as their "
+                     f"`RandomCrop(28, padding=4)`), {c['epochs']} epochs instead of ~160 (lr /10 at {', '.join(f'{m:.0%}' for m in c['milestones'])} "
                      f"of the steps). Recipe pilot (lr 0.1, constant, on all images), test error after 150 and 300 "
                      f"steps: " + "; ".join(f"{m} {a:.2f}% -> {b:.2f}%" for m, (a, b) in PILOT.items())
                      + ": the quick run's slow start was its length (47 steps an epoch), not the recipe; the "

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision.datasets as tvd
 
-from models.data import (DATASETS, DataNotFoundError, DeviceData, augment_batch, default_data_root,
+from models.data import (DATASETS, DataNotFoundError, DeviceData, augment_batch, default_data_root, resolve_augment,
                          load_device_data, load_split, make_synthetic, normalization_constants)
 
 
@@ -148,6 +148,40 @@ def test_augment_is_deterministic_per_generator_and_keeps_memory_format():
     assert torch.equal(a, augment_batch(x, torch.Generator().manual_seed(3)))
     assert not torch.equal(a, augment_batch(x, torch.Generator().manual_seed(4)))
     assert a.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_crop_shifts_without_flipping_and_pads_with_the_given_fill():
+    # Chen et al.'s MNIST recipe: RandomCrop(28, padding=4) on raw pixels, so the border is black.
+    x = torch.randn(64, 2, 12, 12)
+    fill = (-0.4, 1.5)
+    out = augment_batch(x, torch.Generator().manual_seed(2), flip=False, fill=fill)
+    offset = torch.tensor(fill).view(2, 1, 1)
+    shifts = set()
+    for img, aug in zip(x, out):
+        match = [(dy, dx) for dy, dx, flip, crop in _candidates(img - offset) if not flip and torch.equal(crop + offset, aug)]
+        assert len(match) == 1, "each output must be one unflipped crop of the input padded with `fill`"
+        shifts.add(match[0])
+    assert len(shifts) > 10
+    for c, value in enumerate(fill):  # pixels shifted in from the pad hold exactly the channel's fill
+        assert (out[:, c] == torch.tensor(value)).sum() > 100 and not (out[:, 1 - c] == torch.tensor(value)).any()
+
+
+def test_crop_and_flip_draws_are_unchanged_by_the_crop_option():
+    # Cached CIFAR runs were trained with crop+flip: the same generator must give the same images.
+    x = torch.randn(16, 3, 8, 8)
+    a = augment_batch(x, torch.Generator().manual_seed(5))
+    b = augment_batch(x, torch.Generator().manual_seed(5), flip=True, fill=None)
+    assert torch.equal(a, b)
+
+
+def test_augmentation_resolves_per_data_set_and_rejects_unknown_names():
+    assert resolve_augment("cifar10", None) == "crop+flip" and resolve_augment("mnist", None) == "none"
+    assert resolve_augment("mnist", "crop") == "crop"
+    with pytest.raises(ValueError, match="valid: none, crop, crop\\+flip"):
+        resolve_augment("mnist", "rotate")
+    data = DeviceData(torch.zeros(4, 1, 2, 2), torch.arange(4))
+    with pytest.raises(ValueError, match="unknown augment"):
+        next(data.batches(2, augment="rotate", generator=torch.Generator()))
 
 
 def test_batches_cover_the_data_once_in_seeded_order():

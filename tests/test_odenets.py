@@ -3,6 +3,7 @@ counters, the Euler stack as the exact discretization, memory tracing, and the c
 import json
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import models
 from models.data import DataNotFoundError, load_device_data
 from models.ode import NFE, ConcatConv2d, EulerStack, ODEBlock, ODEFunc, nfe, ode_blocks
 from models.train import evaluate
-from odenets.compare import CompareConfig, compare, main, parse_entry
+from odenets.compare import CompareConfig, compare, main, parse_entry, train_config
 from odenets.memory import StorageTracker, memory_vs_depth, peak_memory
 from odenets.plots import plot_compare
 from odenets.solvers import SolverConfig, euler_configs, evaluate_solver, set_solver, sweep, using_solver
@@ -303,8 +304,14 @@ def test_compare_end_to_end_on_synthetic_data(tmp_path):
         data_root=str(tmp_path), data_kwargs={"channels": 1, "image_size": 12, "size": 48}, epochs=2, samples=32,
         test_samples=24, batch_size=16, runs=str(tmp_path / "runs"), out=str(tmp_path / "out"), sweep_samples=16,
         euler_steps=(1, 2), tolerances=(0.1,), memory_steps=(1, 2), memory_batch=4, probe_batch=8, eval_batch=8,
-        progress=False)
+        progress=False, augment="crop", train_eval_samples=16)
     doc = compare(config)
+    # each run is train_config's: a run trained on its own beforehand is the one compare() reuses
+    for entry in config.models:
+        run = models.read_checkpoint(Path(train_config(config, entry).out) / "final.pt")
+        assert run["meta"]["config"] == json.loads(json.dumps(asdict(train_config(config, entry))))
+        assert run["meta"]["config"]["augment"] == "crop"
+        assert all("train_error_eval" in h for h in doc["histories"][entry])
     saved = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(doc["rows"]))
     resnet, ode = doc["rows"]

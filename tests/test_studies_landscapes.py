@@ -220,6 +220,10 @@ def test_odenet_mnist_smoke_and_reuse(tmp_path, runs, capsys):
     euler = result["sweep"]["euler"]
     assert [p["nfe_per_batch"] for p in euler] == [1, 2, 4]  # K Euler steps: K evaluations
     assert all(0 <= p["error"] <= 100 for p in euler + result["sweep"]["dopri5"])
+    # the smoke mode runs the cpu tier's paths: crop augmentation and eval-mode training error
+    assert result["config"]["augment"] == "crop"
+    readme = (out / "README.md").read_text()
+    assert "augmentation crop" in readme and "Training error at the end (eval mode, first 16 training images" in readme
     # A second run finds its compare.json made with the same settings and reuses it untouched.
     before = (out / "compare.json").read_text()
     again = odenet_mnist.main(["--smoke", "--out", str(out), "--runs", str(runs)])

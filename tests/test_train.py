@@ -291,3 +291,28 @@ def test_unwritable_run_directory_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--out", str(tmp_path / "ro")])
     assert exit_.value.code == 2 and "Permission denied; choose a writable --out" in capsys.readouterr().err
+
+
+def test_augment_is_a_checked_config_field_that_old_runs_resume_without(reference, tmp_path):
+    with pytest.raises(ValueError, match="unknown augment 'rotate'"):
+        tiny(tmp_path, augment="rotate")
+    # A checkpoint written before the field existed has no "augment": it means the data set's recipe.
+    out, _ = reference
+    ck = models.read_checkpoint(out / "final.pt")
+    old = {k: v for k, v in ck["meta"]["config"].items() if k != "augment"}
+    assert train_mod._identity(old) == train_mod._identity(tiny(out))
+
+
+def test_crop_fill_is_a_black_pixel_in_normalized_units():
+    (fill,) = train_mod.crop_fill("mnist", "torchvision")
+    mean, std = DATASETS["mnist"].mean[0], DATASETS["mnist"].std[0]
+    assert fill == pytest.approx((0.0 - mean) / std) and fill < -0.4
+
+
+def test_crop_augmentation_changes_the_run_and_is_seeded(tmp_path):
+    runs = [train(tiny(tmp_path / name, augment=aug, epochs=1)) for name, aug in
+            (("a", "crop"), ("b", "crop"), ("none", "none"))]
+    a, b, none = (final_state(tmp_path / n) for n in ("a", "b", "none"))
+    assert_same_state(a, b)
+    assert any(not torch.equal(a[k], none[k]) for k in a if a[k].is_floating_point())
+    assert no_times(runs[0]) == no_times(runs[1])
