@@ -23,7 +23,7 @@ from studies.common import add_depths_option, depths_left_note, parse_args, sele
 from studies.recipes import LANDSCAPE_TRAINING, landscape_label, landscape_net, training_recipe
 from studies.report import Timer, compute_note, write_json, write_readme
 from studies.scans import scan_run
-from studies.stats import binomial_se_pct, final_train_error, fmt_error_se
+from studies.stats import error_diff_se, final_train_error, fmt_error_se
 
 NAME = "resnet_vs_noshort_landscape"
 # Training error (%) above which a scanned net counts as untrained: its slice is not the paper's figure.
@@ -218,8 +218,8 @@ def describe(records: list[dict[str, Any]]) -> str:
 
 def test_gap(plain: dict[str, Any], residual: dict[str, Any]) -> tuple[float, float]:
     """plain - residual test error (points) and its binomial SE (independent test-set estimates)."""
-    se = [binomial_se_pct(r["final_test_error"], r["test_samples_n"]) for r in (plain, residual)]
-    return plain["final_test_error"] - residual["final_test_error"], float(np.hypot(*se))
+    return error_diff_se(plain["final_test_error"], plain["test_samples_n"],
+                         residual["final_test_error"], residual["test_samples_n"])
 
 
 def notes(args: Any, settings: Settings, template: Any) -> str:

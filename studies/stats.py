@@ -15,6 +15,13 @@ def binomial_se_pct(error_pct: float, n: int) -> float:
     return 100.0 * math.sqrt(max(p * (1.0 - p), 0.0) / n)
 
 
+def error_diff_se(a_pct: float, n_a: int, b_pct: float, n_b: int) -> tuple[float, float]:
+    """a - b (points) and the SE of that difference, the two errors' binomial SEs in quadrature. This
+    treats the two test errors as independent; on one shared test set the models tend to miss the
+    same hard images, so the paired SE is smaller and this one errs on the cautious side."""
+    return a_pct - b_pct, math.hypot(binomial_se_pct(a_pct, n_a), binomial_se_pct(b_pct, n_b))
+
+
 def fmt_error_se(error_pct: float, n: int | None) -> str:
     """A test error with its binomial SE ("0.67 ± 0.08%"); the bare error when the test-set size is unknown."""
     return f"{error_pct:.2f}%" if not n else f"{error_pct:.2f} ± {binomial_se_pct(error_pct, n):.2f}%"

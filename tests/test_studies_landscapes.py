@@ -239,6 +239,26 @@ def test_odenet_mnist_smoke_and_reuse(tmp_path, runs, capsys):
     assert json.loads((out / "compare.json").read_text())["config"]["epochs"] == 7
 
 
+def _odenet_doc(errors: dict[str, float]) -> dict:
+    """The parts of a compare.json that describe() reads: one row and a one-epoch history per model."""
+    return {"rows": [{"model": m, "params": 1, "test_error": e} for m, e in errors.items()],
+            "histories": {m: [{"epoch": 1, "train_loss": 0.1}] for m in errors},
+            "config": {"train_eval_samples": None, "augment": None, "epochs": 1},
+            "nfe_vs_epoch": {}, "sweep": {}, "memory_vs_depth": {"rows": []}}
+
+
+def test_odenet_describe_orders_models_only_beyond_the_se():
+    """Test errors of three models on 10,000 images differ by ~0.1 SE-of-difference: no order is
+    claimed; a gap beyond twice its SE is; a target met within one SE says so."""
+    close = odenet_mnist.describe(_odenet_doc({"resnet_mnist": 0.54, "rknet_mnist": 0.49, "odenet_mnist": 0.46}), 10_000)
+    assert "odenet_mnist - resnet_mnist -0.08 ± 0.10" in close
+    assert "no order among the models is claimed" in close
+    assert "met by every model" in close and "resnet_mnist within one SE of it" in close
+    apart = odenet_mnist.describe(_odenet_doc({"resnet_mnist": 0.70, "odenet_mnist": 0.30}), 10_000)
+    assert "odenet_mnist - resnet_mnist -0.40 ± 0.10" in apart and "beyond twice its SE" in apart
+    assert "**missed** by resnet_mnist" in apart and "within one SE" not in apart  # 0.30 + 0.05 < 0.6
+
+
 def test_odenet_settings_identity():
     from dataclasses import asdict
 
