@@ -114,8 +114,10 @@ def parse_entry(entry: str) -> tuple[str, dict[str, Any]]:
 
 
 def _run_dir(config: CompareConfig, entry: str) -> Path:
+    """``runs/<entry>_<dataset>``, with ``_seed<k>`` for a seed other than 0 (seed 0's name predates
+    seeds), so that another seed trains beside a cached run instead of clashing with it."""
     slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", entry).strip("_")
-    return Path(config.runs) / f"{slug}_{config.dataset}"
+    return Path(config.runs) / (f"{slug}_{config.dataset}" + (f"_seed{config.seed}" if config.seed else ""))
 
 
 def train_config(config: CompareConfig, entry: str) -> TrainConfig:

@@ -3,7 +3,7 @@ counters, the Euler stack as the exact discretization, memory tracing, and the c
 import json
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +296,15 @@ def test_adjoint_memory_is_flat_in_depth_and_backprop_grows_linearly():
     assert (by[8, False].peak_bytes - by[2, False].peak_bytes) / 6 > 3 * model_state
     assert abs(by[8, True].peak_bytes - by[2, True].peak_bytes) < model_state / 10
     assert by[8, True].nfe_backward == 8 and by[8, False].nfe_backward == 0
+
+
+def test_each_seed_trains_into_its_own_run_folder():
+    """A run folder is named by model and data set; another seed must not land in (and clash with)
+    seed 0's cached run, whose name stays as it was."""
+    config = CompareConfig(runs="r", out="o")
+    assert Path(train_config(config, "resnet_mnist").out) == Path("r") / "resnet_mnist_mnist"
+    seeded = train_config(replace(config, seed=3), "odenet_mnist[rtol=0.1]")
+    assert Path(seeded.out) == Path("r") / "odenet_mnist_rtol=0.1_mnist_seed3" and seeded.seed == 3
 
 
 def test_compare_end_to_end_on_synthetic_data(tmp_path):
