@@ -7,7 +7,8 @@ re-solved with Euler steps K and dopri5 tolerances (accuracy against cost).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import math
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from odenets.plots import plot_compare
 from studies.common import REPO, parse_args
 from studies.figures import epoch_axis, log_error_axis, new_figure, save_figure
 from studies.report import Timer, write_json, write_readme
-from studies.stats import binomial_se_pct, error_diff_se, fmt_error_se, last_epoch_loss_change
+from studies.stats import binomial_se_pct, fmt_error_se, fmt_mean_sd, last_epoch_loss_change, mean_diff_se, mean_sd
 
 NAME = "odenet_mnist"
 MNIST_TEST_IMAGES = 10_000
@@ -46,6 +47,10 @@ MODES: dict[str, dict[str, Any]] = {
                   samples=32, test_samples=24, batch_size=16, sweep_samples=16, euler_steps=(1, 2, 4),
                   tolerances=(0.1, 0.01), memory_steps=(1, 2), memory_batch=4, probe_batch=8, eval_batch=8),
 }
+# Seeds per tier: the primary seed (--seed) writes compare.json and the figures here; each further one
+# (--seed + 1, ...) a compare.json under seeds/seed_<k>/, its nets in run folders of their own. The
+# models' errors differ by about one binomial SE, so the cpu tier adds a second seed's spread.
+SEEDS = {"cpu": 2, "smoke": 2}
 # Fields that say where things go or how loudly, not what is computed ("device" is compared as
 # resolved: "auto" on a CPU-only machine is "cpu").
 _NOT_IDENTITY = ("data_root", "runs", "out", "progress", "force", "device")
@@ -94,37 +99,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         config = CompareConfig(data_root=args.data_root, seed=args.seed, device=args.device, runs=str(runs),
                                out=str(args.out), progress=args.mode != "smoke", **MODES[args.mode])
-        saved_path = args.out / "compare.json"
+        configs = [config] + [replace(config, seed=s, out=str(args.out / "seeds" / f"seed_{s}"))
+                              for s in range(args.seed + 1, args.seed + SEEDS.get(args.mode, 1))]
         with Timer() as timer:
-            saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
-            reused = saved is not None and same_settings(saved, config)
-            if saved is not None and not reused and not args.extra["recompute"]:
-                raise ValueError(f"{saved_path} was made by odenets.compare with other settings than this study's "
-                                 f"{args.mode} mode ({settings_diff(saved, config)}); it is left untouched. Pass "
-                                 f"--recompute to replace it, or --out DIR to write elsewhere")
-            doc = saved if reused else compare(config)
+            done = [compare_once(c, args.mode, args.extra["recompute"]) for c in configs]
+            docs, reused = [d for d, _ in done], all(r for _, r in done)
+            doc = docs[0]
             expected = [args.out / n for n in ("accuracy_vs_nfe.png", "nfe_vs_epoch.png", "memory_vs_depth.png")]
-            if not reused or not all(p.is_file() for p in expected):
-                plot_compare(saved_path)
-            curves = plot_training(doc, args.out)
+            if not done[0][1] or not all(p.is_file() for p in expected):
+                plot_compare(args.out / "compare.json")
+            curves = plot_training(docs, args.out)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     rows, sweep = doc["rows"], doc["sweep"]
     test_n = doc["config"]["test_samples"] or MNIST_TEST_IMAGES if doc["config"]["dataset"] == "mnist" else None
-    models_ = {r["model"]: {"test_error_pct": r["test_error"], "params": r["params"],
-                            "test_error_se_pct": binomial_se_pct(r["test_error"], test_n) if test_n else None}
-               for r in rows}
-    result = {"study": NAME, "tier": args.mode, "mode": args.mode, "seeds": [doc["config"]["seed"]],
+    errors = seed_errors(docs)
+    models_ = {r["model"]: model_summary(errors[r["model"]], r["params"], test_n) for r in rows}
+    result = {"study": NAME, "tier": args.mode, "mode": args.mode, "seeds": [d["config"]["seed"] for d in docs],
               "train_samples": doc["config"]["samples"] or (MNIST_TRAIN_IMAGES if doc["config"]["dataset"] == "mnist" else None), "test_samples": test_n, "models": models_,
               "reused_compare_json": reused, "seconds": timer.seconds,
-              "compare_seconds": doc["seconds"], "config": doc["config"], "device": doc["device"],
+              "compare_seconds": sum(d["seconds"] for d in docs), "config": doc["config"], "device": doc["device"],
               "rows": rows, "nfe_vs_epoch": doc["nfe_vs_epoch"], "sweep": sweep,
-              "memory_vs_depth": doc["memory_vs_depth"], "paper": PAPER}
+              "memory_vs_depth": doc["memory_vs_depth"], "paper": PAPER,
+              "other_seeds": {str(d["config"]["seed"]): {"rows": d["rows"], "nfe_vs_epoch": d["nfe_vs_epoch"]}
+                              for d in docs[1:]}}
     write_json(args.out / "results.json", result)
     c = doc["config"]
+    per_seed = (f"test error % (mean ± sd over {len(docs)} seeds)", "per seed (± binomial SE)") if len(docs) > 1 else \
+        ("test error % (ours, ± binomial SE)",)
     table = [{"model": r["model"], "params": r["params"], "params (paper)": _m(r["params_paper_m"]),
-              "test error % (ours, ± binomial SE)": f"{r['test_error']:.2f} ± {models_[r['model']]['test_error_se_pct']:.2f}"
-              if models_[r["model"]]["test_error_se_pct"] is not None else r["test_error"],
+              **dict(zip(per_seed, error_cells(errors[r["model"]], test_n))),
               "test error % (paper)": r["test_error_paper"],
               "NFE-F train": r["nfe_forward_train"], "NFE-B train": r["nfe_backward_train"],
               "peak MiB (one step)": r["peak_memory_mib"], "memory (paper)": r["memory_paper"],
@@ -141,19 +145,70 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "forward evaluations.", tables,
                  [curves] + [p.name for p in (args.out / "accuracy_vs_nfe.png", args.out / "nfe_vs_epoch.png",
                                               args.out / "memory_vs_depth.png") if p.is_file()],
-                 describe(doc, test_n), notes(args, c, reused), doc["seconds"] if reused else timer.seconds)
+                 describe(docs, test_n), notes(args, c, reused, len(docs)),
+                 result["compare_seconds"] if reused else timer.seconds)
     return result
+
+
+def compare_once(config: CompareConfig, mode: str, recompute: bool) -> tuple[dict[str, Any], bool]:
+    """compare() into ``config.out``, or the compare.json already there when it was made with these
+    settings (then True); one made with other settings is replaced only when ``recompute``."""
+    saved_path = Path(config.out) / "compare.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+    if saved is not None and same_settings(saved, config):
+        return saved, True
+    if saved is not None and not recompute:
+        raise ValueError(f"{saved_path} was made by odenets.compare with other settings than this study's "
+                         f"{mode} mode ({settings_diff(saved, config)}); it is left untouched. Pass "
+                         f"--recompute to replace it, or --out DIR to write elsewhere")
+    return compare(config), False
+
+
+def seed_errors(docs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each model's test error (%) per seed, in the order of ``docs``."""
+    return {r["model"]: [next(x["test_error"] for x in d["rows"] if x["model"] == r["model"]) for d in docs]
+            for r in docs[0]["rows"]}
+
+
+def mean_se(errors: list[float], test_n: int) -> float:
+    """Binomial SE of the mean of independent test errors (the test set's sampling only)."""
+    return math.sqrt(sum(binomial_se_pct(e, test_n) ** 2 for e in errors)) / len(errors)
+
+
+def model_summary(errors: list[float], params: int, test_n: int | None) -> dict[str, Any]:
+    """results.json's entry for one model: the mean over seeds, its binomial SE, the seed sd (None
+    for one seed) and every seed's error."""
+    mean, sd = mean_sd(errors)
+    return {"test_error_pct": mean, "test_error_se_pct": mean_se(errors, test_n) if test_n else None,
+            "test_error_sd_pct": None if math.isnan(sd) else sd, "test_error_pct_seeds": errors, "params": params}
+
+
+def error_cells(errors: list[float], test_n: int | None) -> list[str | float]:
+    """Table cells: one seed's error ± its binomial SE; over seeds the mean ± sd, then each seed ± SE."""
+    if len(errors) == 1:
+        return [fmt_error_se(errors[0], test_n).rstrip("%") if test_n else errors[0]]
+    return [fmt_mean_sd(errors).split(" (")[0], ", ".join(fmt_error_se(e, test_n).rstrip("%") for e in errors)]
+
+
+def fmt_model_error(errors: list[float], test_n: int | None, say_what: bool = True) -> str:
+    """'0.54 ± 0.07%' (one seed, ± binomial SE) or '0.72 ± 0.03% (mean ± sd over 2 seeds)' (without the
+    parenthesis when ``say_what`` is False, for a sentence that says it once)."""
+    if len(errors) == 1:
+        return fmt_error_se(errors[0], test_n)
+    mean, sd = mean_sd(errors)
+    return f"{mean:.2f} ± {sd:.2f}%" + (f" (mean ± sd over {len(errors)} seeds)" if say_what else "")
 
 
 def _m(value: float | None) -> str | None:
     return None if value is None else f"{value:.2f}M"
 
 
-def plot_training(doc: dict[str, Any], out: Path) -> str:
+def plot_training(docs: list[dict[str, Any]], out: Path) -> str:
     """Training loss, training error (eval mode on a fixed subset, where the run measured it) and
-    test error per epoch of every model: whether training had levelled off."""
-    histories = doc["histories"]
-    eval_mode = all("train_error_eval" in h for history in histories.values() for h in history)
+    test error per epoch of every model and seed (one colour a model, the first seed solid, the
+    others dashed): whether training had levelled off, and how far seeds differ."""
+    doc = docs[0]
+    eval_mode = all("train_error_eval" in h for d in docs for history in d["histories"].values() for h in history)
     fig, axes = new_figure(3 if eval_mode else 2, 1, size=(4.6, 3.4))
     panels = [("train_loss", "training loss (running, train mode)", "Training loss")]
     if eval_mode:
@@ -161,8 +216,14 @@ def plot_training(doc: dict[str, Any], out: Path) -> str:
                        f"Training error (eval mode, first {doc['config']['train_eval_samples']:,} images)"))
     panels.append(("test_error", "test error (%)", f"Test error ({doc['config']['test_samples'] or 'all'} images)"))
     for ax, (key, ylabel, title) in zip(axes[0], panels):
-        for model, history in histories.items():
-            ax.plot([h["epoch"] for h in history], [h[key] for h in history], marker="o", ms=3, label=model)
+        for i, model in enumerate(doc["histories"]):
+            for k, d in enumerate(docs):
+                history = d["histories"][model]
+                ax.plot([h["epoch"] for h in history], [h[key] for h in history], marker="o", ms=3, color=f"C{i}",
+                        ls="-" if k == 0 else "--", alpha=1.0 if k == 0 else 0.7, label=model if k == 0 else None)
+        if len(docs) > 1:
+            ax.plot([], [], color="0.5", ls="--", label="seed " + ", ".join(str(d["config"]["seed"]) for d in docs[1:])
+                    + f" dashed (seed {doc['config']['seed']} solid)")
         ax.set(ylabel=ylabel, title=title)
         if key == "test_error" and doc["config"]["dataset"] == "mnist" and not doc["config"]["test_samples"]:
             ax.axhline(TARGET_ERROR_PCT, color="0.4", ls="--", lw=1, label=f"target {TARGET_ERROR_PCT}%")
@@ -176,51 +237,66 @@ def plot_training(doc: dict[str, Any], out: Path) -> str:
     return save_figure(fig, out, "training_curves")
 
 
-def describe(doc: dict[str, Any], test_n: int | None = None) -> str:
+def describe(docs: list[dict[str, Any]], test_n: int | None = None) -> str:
+    """The README's findings: errors over every seed in ``docs``; NFE, the solver sweep and memory
+    from the first (the seed whose compare.json and figures are in the folder)."""
+    doc = docs[0]
+    errors = seed_errors(docs)
     rows = {r["model"].split("[")[0]: r for r in doc["rows"]}
     lines = []
     if {"resnet_mnist", "odenet_mnist"} <= rows.keys():
         res, ode = rows["resnet_mnist"], rows["odenet_mnist"]
         lines.append(f"- Parameters: ODE-Net {ode['params'] / 1e6:.3f}M vs ResNet {res['params'] / 1e6:.3f}M "
                      f"({ode['params'] / res['params']:.2f}x; paper 0.22M vs 0.60M). Test error "
-                     f"{fmt_error_se(ode['test_error'], test_n)} vs {fmt_error_se(res['test_error'], test_n)} (± binomial SE; "
-                     f"paper 0.42% vs 0.41%).")
+                     f"{fmt_model_error(errors[ode['model']], test_n, False)} vs "
+                     f"{fmt_model_error(errors[res['model']], test_n, False)} ("
+                     + ("± binomial SE" if len(docs) == 1 else f"mean ± sd over {len(docs)} seeds")
+                     + "; paper 0.42% vs 0.41%).")
     if test_n:
-        lines.append(order_line(doc["rows"], test_n))
+        lines.append(order_line(errors, test_n))
     if test_n and test_n >= 10_000:
-        met = [r["model"] for r in doc["rows"] if r["test_error"] <= TARGET_ERROR_PCT]
-        missed = [f"{r['model']} ({fmt_error_se(r['test_error'], test_n)})" for r in doc["rows"]
-                  if r["test_error"] > TARGET_ERROR_PCT]
-        near = [r["model"] for r in doc["rows"]
-                if r["test_error"] <= TARGET_ERROR_PCT < r["test_error"] + binomial_se_pct(r["test_error"], test_n)]
-        lines.append(f"- Target of ≤ {TARGET_ERROR_PCT}% test error on all {test_n:,} test images: "
+        means = {m: sum(e) / len(e) for m, e in errors.items()}
+        met = [m for m, v in means.items() if v <= TARGET_ERROR_PCT]
+        missed = [f"{m} at {fmt_model_error(errors[m], test_n)}" for m, v in means.items() if v > TARGET_ERROR_PCT]
+        near = [m for m, v in means.items() if v <= TARGET_ERROR_PCT < v + mean_se(errors[m], test_n)]
+        seeds_over = [f"{m} seed {d['config']['seed']} ({e:.2f}%)" for m, es in errors.items()
+                      for d, e in zip(docs, es) if e > TARGET_ERROR_PCT] if len(docs) > 1 else []
+        lines.append(f"- Target of ≤ {TARGET_ERROR_PCT}% test error on all {test_n:,} test images"
+                     + (" (mean over seeds)" if len(docs) > 1 else "") + ": "
                      + (f"met by every model ({', '.join(met)})" if not missed else
                         f"**missed** by {', '.join(missed)}" + (f"; met by {', '.join(met)}" if met else ""))
-                     + (f"; {', '.join(near)} within one SE of it." if near else "."))
-    if all("train_error_eval" in h[-1] for h in doc["histories"].values()):
+                     + (f"; {', '.join(near)} within one SE of it" if near else "")
+                     + (f"; single seeds above it: {', '.join(seeds_over)}" if seeds_over else "") + ".")
+    if all("train_error_eval" in h[-1] for d in docs for h in d["histories"].values()):
         lines.append(f"- Training error at the end (eval mode, first {doc['config']['train_eval_samples']:,} training "
-                     "images, no augmentation): " + ", ".join(f"{m} {h[-1]['train_error_eval']:.2f}%"
-                                                              for m, h in doc["histories"].items()) + ".")
+                     "images, no augmentation" + (", per seed" if len(docs) > 1 else "") + "): "
+                     + ", ".join(f"{m} " + " / ".join(f"{d['histories'][m][-1]['train_error_eval']:.2f}" for d in docs)
+                                 + "%" for m in doc["histories"]) + ".")
     if doc["config"].get("augment") == "crop" and test_n and test_n >= 10_000:
         lines.append(f"- Without augmentation ({CPU_NO_AUGMENT['epochs']} epochs, otherwise the same recipe; the "
-                     "previous cpu run) every model ended at "
+                     "previous cpu run, seed 0) every model ended at "
                      + ", ".join(f"{m} {fmt_error_se(e, test_n)}" for m, e in CPU_NO_AUGMENT["test_error_pct"].items())
                      + ".")
-    change = {m: last_epoch_loss_change({"history": h}) for m, h in doc["histories"].items() if len(h) > 1}
+    change = {m: [last_epoch_loss_change({"history": d["histories"][m]}) for d in docs]
+              for m, h in doc["histories"].items() if len(h) > 1}
     if change:
-        lines.append("- Training loss change in the last epoch (running average, train mode): "
-                     + ", ".join(f"{m} {v:+.0f}%" for m, v in change.items())
+        lines.append("- Training loss change in the last epoch (running average, train mode"
+                     + (", per seed" if len(docs) > 1 else "") + "): "
+                     + ", ".join(f"{m} " + " / ".join(f"{v:+.0f}" for v in vs) + "%" for m, vs in change.items())
                      + (": still falling, not at a plateau; a longer schedule may lower the errors (not tested here)."
-                        if max(change.values()) < -5 else ": levelled off."))
-    for model, pts in doc["nfe_vs_epoch"].items():
-        f = [p["nfe_forward"] for p in pts]
-        b = [p["nfe_backward"] for p in pts]
-        trend = "grows" if f[-1] > f[0] else "does not grow"
-        line = (f"- {model}: NFE-F per training batch {' -> '.join(str(v) for v in f)} over epochs "
-                f"0..{pts[-1]['epoch']} ({trend})")
-        if any(b):
-            line += f"; NFE-B {' -> '.join(str(v) for v in b)} (NFE-B/NFE-F = {b[-1] / max(f[-1], 1):.2f}; paper ~0.5)"
-        lines.append(line + ".")
+                        if max(max(vs) for vs in change.values()) < -5 else ": levelled off."))
+    for d in docs:
+        for model, pts in d["nfe_vs_epoch"].items():
+            f = [p["nfe_forward"] for p in pts]
+            b = [p["nfe_backward"] for p in pts]
+            trend = "grows" if f[-1] > f[0] else "does not grow"
+            line = (f"- {model}" + (f", seed {d['config']['seed']}" if len(docs) > 1 else "")
+                    + f": NFE-F per training batch {' -> '.join(str(v) for v in f)} over epochs "
+                    f"0..{pts[-1]['epoch']} ({trend})")
+            if any(b):
+                line += (f"; NFE-B {' -> '.join(str(v) for v in b)} (NFE-B/NFE-F = {b[-1] / max(f[-1], 1):.2f}; "
+                         "paper ~0.5)")
+            lines.append(line + ".")
     sw = doc["sweep"]
     if sw:
         eu, dp = sw["euler"], sw["dopri5"]
@@ -249,28 +325,41 @@ def describe(doc: dict[str, Any], test_n: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def order_line(rows: list[dict[str, Any]], test_n: int) -> str:
-    """Every pair's test-error difference with its SE; an order is claimed only for a gap beyond twice
-    its SE (one seed per model, so the test set's sampling is the only spread measured)."""
-    pairs = [(b, a) for i, a in enumerate(rows) for b in rows[i + 1:]]
-    diffs = [(b["model"], a["model"], *error_diff_se(b["test_error"], test_n, a["test_error"], test_n))
-             for b, a in pairs]
-    beyond = [f"{b} {'below' if d < 0 else 'above'} {a}" for b, a, d, se in diffs if abs(d) > 2 * se]
-    return ("- Test-error differences (points, ± binomial SE of the difference; one seed each): "
-            + ", ".join(f"{b} - {a} {d:+.2f} ± {se:.2f}" for b, a, d, se in diffs) + ": "
-            + (f"{'; '.join(beyond)}, beyond twice its SE." if beyond else
-               "all within twice their SE, so no order among the models is claimed."))
+def order_line(errors: dict[str, list[float]], test_n: int) -> str:
+    """Every pair's difference of mean test errors with its SE: the binomial SE of the means (the test
+    set's sampling), or over several seeds the larger of that and the seed-spread SE (Welch). An order
+    is claimed only for a gap beyond twice that SE on which every seed agrees."""
+    names = list(errors)
+    k = len(errors[names[0]])
+    diffs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d, seed_se = mean_diff_se(errors[b], errors[a])
+            se = math.hypot(mean_se(errors[a], test_n), mean_se(errors[b], test_n))
+            se = se if math.isnan(seed_se) else max(se, seed_se)
+            agree = all((y - x) * d > 0 for x, y in zip(errors[a], errors[b]))
+            diffs.append((b, a, d, se, agree))
+    beyond = [f"{b} {'below' if d < 0 else 'above'} {a}" for b, a, d, se, agree in diffs if abs(d) > 2 * se and agree]
+    return ("- Test-error differences (points, ± "
+            + ("binomial SE of the difference; one seed each): " if k == 1 else
+               f"SE of the difference of means over {k} seeds, the larger of binomial and seed spread): ")
+            + ", ".join(f"{b} - {a} {d:+.2f} ± {se:.2f}" for b, a, d, se, _ in diffs) + ": "
+            + (f"{'; '.join(beyond)}, beyond twice its SE" + (" in every seed." if k > 1 else ".") if beyond else
+               "none beyond twice its SE" + (" with every seed agreeing" if k > 1 else "")
+               + ", so no order among the models is claimed."))
 
 
-def notes(args: Any, c: dict[str, Any], reused: bool) -> str:
+def notes(args: Any, c: dict[str, Any], reused: bool, seeds: int = 1) -> str:
     parts = [f"Computed by `odenets.compare` (library call), which writes `compare.json` / `compare.md` and the "
              f"figures (`odenets.plots`) in this folder; this study adds `README.md` and `results.json`. Settings: "
              f"{c['dataset']}, {c['samples'] or 'all'} training / {c['test_samples'] or 'all'} test images, "
              f"{c['epochs']} epoch(s), batch {c['batch_size']}, SGD lr {c['lr']}, augmentation {c.get('augment') or 'none'}, "
-             f"seed {c['seed']}; checkpoints in "
-             f"`{Path(c['runs']).name}/`." + (" The `compare.json` found here was made with exactly these settings "
-                                             "and was reused, not recomputed (the time above is its computation's)."
-                                             if reused else ""),
+             + (f"seed {c['seed']}" if seeds == 1 else
+                f"seeds {c['seed']}..{c['seed'] + seeds - 1} (the first's `compare.json` and figures here, the "
+                f"others' under `seeds/`; the table's NFE, memory and time columns are the first seed's)")
+             + f"; checkpoints in `{Path(c['runs']).name}/`."
+             + (" The `compare.json` files found here were made with exactly these settings and were reused, not "
+                "recomputed (the time above is their computation's)." if reused else ""),
              PAPER_NOTE]
     if args.mode == "cpu":
         parts.append(f"**The cpu tier**: Chen et al.'s data (all 60,000 training and 10,000 test images), optimizer "

@@ -220,14 +220,18 @@ def test_odenet_mnist_smoke_and_reuse(tmp_path, runs, capsys):
     euler = result["sweep"]["euler"]
     assert [p["nfe_per_batch"] for p in euler] == [1, 2, 4]  # K Euler steps: K evaluations
     assert all(0 <= p["error"] <= 100 for p in euler + result["sweep"]["dopri5"])
-    # the smoke mode runs the cpu tier's paths: crop augmentation and eval-mode training error
+    # the smoke mode runs the cpu tier's paths: crop augmentation, eval-mode training error, two seeds
     assert result["config"]["augment"] == "crop"
+    assert result["seeds"] == [0, 1] and (out / "seeds" / "seed_1" / "compare.json").is_file()
+    for m in result["models"].values():
+        assert len(m["test_error_pct_seeds"]) == 2 and m["test_error_pct"] == pytest.approx(
+            sum(m["test_error_pct_seeds"]) / 2) and m["test_error_sd_pct"] >= 0
     readme = (out / "README.md").read_text()
     assert "augmentation crop" in readme and "Training error at the end (eval mode, first 16 training images" in readme
     # A second run finds its compare.json made with the same settings and reuses it untouched.
     before = (out / "compare.json").read_text()
     again = odenet_mnist.main(["--smoke", "--out", str(out), "--runs", str(runs)])
-    assert again["reused_compare_json"] and again["rows"] == result["rows"]
+    assert again["reused_compare_json"] and again["rows"] == result["rows"] and again["models"] == result["models"]
     assert (out / "compare.json").read_text() == before
     # One made with other settings (e.g. a longer odenets.compare run) is never silently replaced.
     doc = json.loads(before)
@@ -239,24 +243,37 @@ def test_odenet_mnist_smoke_and_reuse(tmp_path, runs, capsys):
     assert json.loads((out / "compare.json").read_text())["config"]["epochs"] == 7
 
 
-def _odenet_doc(errors: dict[str, float]) -> dict:
+def _odenet_doc(errors: dict[str, float], seed: int = 0) -> dict:
     """The parts of a compare.json that describe() reads: one row and a one-epoch history per model."""
     return {"rows": [{"model": m, "params": 1, "test_error": e} for m, e in errors.items()],
             "histories": {m: [{"epoch": 1, "train_loss": 0.1}] for m in errors},
-            "config": {"train_eval_samples": None, "augment": None, "epochs": 1},
+            "config": {"train_eval_samples": None, "augment": None, "epochs": 1, "seed": seed},
             "nfe_vs_epoch": {}, "sweep": {}, "memory_vs_depth": {"rows": []}}
 
 
 def test_odenet_describe_orders_models_only_beyond_the_se():
     """Test errors of three models on 10,000 images differ by ~0.1 SE-of-difference: no order is
     claimed; a gap beyond twice its SE is; a target met within one SE says so."""
-    close = odenet_mnist.describe(_odenet_doc({"resnet_mnist": 0.54, "rknet_mnist": 0.49, "odenet_mnist": 0.46}), 10_000)
+    close = odenet_mnist.describe([_odenet_doc({"resnet_mnist": 0.54, "rknet_mnist": 0.49, "odenet_mnist": 0.46})],
+                                  10_000)
     assert "odenet_mnist - resnet_mnist -0.08 ± 0.10" in close
     assert "no order among the models is claimed" in close
     assert "met by every model" in close and "resnet_mnist within one SE of it" in close
-    apart = odenet_mnist.describe(_odenet_doc({"resnet_mnist": 0.70, "odenet_mnist": 0.30}), 10_000)
+    apart = odenet_mnist.describe([_odenet_doc({"resnet_mnist": 0.70, "odenet_mnist": 0.30})], 10_000)
     assert "odenet_mnist - resnet_mnist -0.40 ± 0.10" in apart and "beyond twice its SE" in apart
     assert "**missed** by resnet_mnist" in apart and "within one SE" not in apart  # 0.30 + 0.05 < 0.6
+
+
+def test_odenet_describe_over_seeds_uses_means_and_the_larger_se():
+    """Over seeds a difference of means is compared with the larger of its binomial SE and its
+    seed-spread SE, and an order also needs every seed to agree."""
+    docs = [_odenet_doc({"resnet_mnist": r, "odenet_mnist": o}, k) for k, (r, o) in enumerate(((0.70, 0.40), (0.74, 0.44)))]
+    text = odenet_mnist.describe(docs, 10_000)
+    assert "2 seeds" in text and "odenet_mnist - resnet_mnist -0.30 ± 0.08" in text  # binomial SE of the means
+    assert "odenet_mnist below resnet_mnist" in text
+    assert "**missed** by resnet_mnist at 0.72 ± 0.03% (mean ± sd over 2 seeds)" in text
+    flipped = [_odenet_doc({"resnet_mnist": r, "odenet_mnist": o}, k) for k, (r, o) in enumerate(((0.70, 0.30), (0.50, 0.56)))]
+    assert "no order among the models is claimed" in odenet_mnist.describe(flipped, 10_000)  # seeds disagree
 
 
 def test_odenet_settings_identity():
