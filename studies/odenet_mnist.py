@@ -261,6 +261,9 @@ def describe(docs: list[dict[str, Any]], test_n: int | None = None) -> str:
         near = [m for m, v in means.items() if v <= TARGET_ERROR_PCT < v + mean_se(errors[m], test_n)]
         seeds_over = [f"{m} seed {d['config']['seed']} ({e:.2f}%)" for m, es in errors.items()
                       for d, e in zip(docs, es) if e > TARGET_ERROR_PCT] if len(docs) > 1 else []
+        worst = max(((e, m, d["config"]["seed"]) for m, es in errors.items() for d, e in zip(docs, es)), default=None)
+        if len(docs) > 1 and not seeds_over and worst is not None:
+            seeds_over = [f"none (the highest, {worst[1]} seed {worst[2]}, at {worst[0]:.2f}%)"]
         lines.append(f"- Target of ≤ {TARGET_ERROR_PCT}% test error on all {test_n:,} test images"
                      + (" (mean over seeds)" if len(docs) > 1 else "") + ": "
                      + (f"met by every model ({', '.join(met)})" if not missed else

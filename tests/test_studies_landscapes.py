@@ -274,6 +274,8 @@ def test_odenet_describe_over_seeds_uses_means_and_the_larger_se():
     assert "**missed** by resnet_mnist at 0.72 ± 0.03% (mean ± sd over 2 seeds)" in text
     flipped = [_odenet_doc({"resnet_mnist": r, "odenet_mnist": o}, k) for k, (r, o) in enumerate(((0.70, 0.30), (0.50, 0.56)))]
     assert "no order among the models is claimed" in odenet_mnist.describe(flipped, 10_000)  # seeds disagree
+    under = [_odenet_doc({"resnet_mnist": r, "odenet_mnist": o}, k) for k, (r, o) in enumerate(((0.50, 0.40), (0.58, 0.44)))]
+    assert "single seeds above it: none (the highest, resnet_mnist seed 1, at 0.58%)" in odenet_mnist.describe(under, 10_000)
 
 
 def test_odenet_settings_identity():
