@@ -19,7 +19,7 @@ from odenets.plots import plot_compare
 from studies.common import REPO, parse_args
 from studies.figures import epoch_axis, log_error_axis, new_figure, save_figure
 from studies.report import Timer, write_json, write_readme
-from studies.stats import binomial_se_pct, fmt_error_se, fmt_mean_sd, last_epoch_loss_change, mean_diff_se, mean_sd
+from studies.stats import fmt_error_se, last_epoch_loss_change, mean_binomial_se_pct, mean_diff_se, mean_sd
 
 NAME = "odenet_mnist"
 MNIST_TEST_IMAGES = 10_000
@@ -170,16 +170,11 @@ def seed_errors(docs: list[dict[str, Any]]) -> dict[str, list[float]]:
             for r in docs[0]["rows"]}
 
 
-def mean_se(errors: list[float], test_n: int) -> float:
-    """Binomial SE of the mean of independent test errors (the test set's sampling only)."""
-    return math.sqrt(sum(binomial_se_pct(e, test_n) ** 2 for e in errors)) / len(errors)
-
-
 def model_summary(errors: list[float], params: int, test_n: int | None) -> dict[str, Any]:
     """results.json's entry for one model: the mean over seeds, its binomial SE, the seed sd (None
     for one seed) and every seed's error."""
     mean, sd = mean_sd(errors)
-    return {"test_error_pct": mean, "test_error_se_pct": mean_se(errors, test_n) if test_n else None,
+    return {"test_error_pct": mean, "test_error_se_pct": mean_binomial_se_pct(errors, test_n) if test_n else None,
             "test_error_sd_pct": None if math.isnan(sd) else sd, "test_error_pct_seeds": errors, "params": params}
 
 
@@ -187,7 +182,8 @@ def error_cells(errors: list[float], test_n: int | None) -> list[str | float]:
     """Table cells: one seed's error ± its binomial SE; over seeds the mean ± sd, then each seed ± SE."""
     if len(errors) == 1:
         return [fmt_error_se(errors[0], test_n).rstrip("%") if test_n else errors[0]]
-    return [fmt_mean_sd(errors).split(" (")[0], ", ".join(fmt_error_se(e, test_n).rstrip("%") for e in errors)]
+    return [fmt_model_error(errors, test_n, False).rstrip("%"),
+            ", ".join(fmt_error_se(e, test_n).rstrip("%") for e in errors)]
 
 
 def fmt_model_error(errors: list[float], test_n: int | None, say_what: bool = True) -> str:
@@ -255,15 +251,16 @@ def describe(docs: list[dict[str, Any]], test_n: int | None = None) -> str:
     if test_n:
         lines.append(order_line(errors, test_n))
     if test_n and test_n >= 10_000:
-        means = {m: sum(e) / len(e) for m, e in errors.items()}
+        means = {m: mean_sd(e)[0] for m, e in errors.items()}
         met = [m for m, v in means.items() if v <= TARGET_ERROR_PCT]
         missed = [f"{m} at {fmt_model_error(errors[m], test_n)}" for m, v in means.items() if v > TARGET_ERROR_PCT]
-        near = [m for m, v in means.items() if v <= TARGET_ERROR_PCT < v + mean_se(errors[m], test_n)]
-        seeds_over = [f"{m} seed {d['config']['seed']} ({e:.2f}%)" for m, es in errors.items()
-                      for d, e in zip(docs, es) if e > TARGET_ERROR_PCT] if len(docs) > 1 else []
-        worst = max(((e, m, d["config"]["seed"]) for m, es in errors.items() for d, e in zip(docs, es)), default=None)
-        if len(docs) > 1 and not seeds_over and worst is not None:
-            seeds_over = [f"none (the highest, {worst[1]} seed {worst[2]}, at {worst[0]:.2f}%)"]
+        near = [m for m, v in means.items() if v <= TARGET_ERROR_PCT < v + mean_binomial_se_pct(errors[m], test_n)]
+        seeds_over = []
+        if len(docs) > 1:
+            runs = [(e, m, d["config"]["seed"]) for m, es in errors.items() for d, e in zip(docs, es)]
+            highest = max(runs)
+            seeds_over = ([f"{m} seed {seed} ({e:.2f}%)" for e, m, seed in runs if e > TARGET_ERROR_PCT] or
+                          [f"none (the highest, {highest[1]} seed {highest[2]}, at {highest[0]:.2f}%)"])
         lines.append(f"- Target of ≤ {TARGET_ERROR_PCT}% test error on all {test_n:,} test images"
                      + (" (mean over seeds)" if len(docs) > 1 else "") + ": "
                      + (f"met by every model ({', '.join(met)})" if not missed else
@@ -338,7 +335,7 @@ def order_line(errors: dict[str, list[float]], test_n: int) -> str:
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             d, seed_se = mean_diff_se(errors[b], errors[a])
-            se = math.hypot(mean_se(errors[a], test_n), mean_se(errors[b], test_n))
+            se = math.hypot(mean_binomial_se_pct(errors[a], test_n), mean_binomial_se_pct(errors[b], test_n))
             se = se if math.isnan(seed_se) else max(se, seed_se)
             agree = all((y - x) * d > 0 for x, y in zip(errors[a], errors[b]))
             diffs.append((b, a, d, se, agree))

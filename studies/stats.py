@@ -15,6 +15,12 @@ def binomial_se_pct(error_pct: float, n: int) -> float:
     return 100.0 * math.sqrt(max(p * (1.0 - p), 0.0) / n)
 
 
+def mean_binomial_se_pct(errors_pct: Sequence[float], n: int) -> float:
+    """Binomial SE (points) of the mean of independent test errors, each measured on ``n`` images:
+    the test set's sampling only, not the seed-to-seed spread."""
+    return math.sqrt(sum(binomial_se_pct(e, n) ** 2 for e in errors_pct)) / len(errors_pct)
+
+
 def error_diff_se(a_pct: float, n_a: int, b_pct: float, n_b: int) -> tuple[float, float]:
     """a - b (points) and the SE of that difference, the two errors' binomial SEs in quadrature. This
     treats the two test errors as independent; on one shared test set the models tend to miss the
