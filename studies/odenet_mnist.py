@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "NFE-F train": r["nfe_forward_train"], "NFE-B train": r["nfe_backward_train"],
               "peak MiB (one step)": r["peak_memory_mib"], "memory (paper)": r["memory_paper"],
               "train s/epoch": r["train_s_per_epoch"]} for r in rows]
-    sweep_rows = [{"solver": p["solver"], "NFE per batch": p["nfe_per_batch"], "test error %": p["error"]}
+    sweep_rows = [{"solver": p["solver"], "NFE per batch": p["nfe_per_batch"],
+                   "test error % (± binomial SE)": fmt_error_se(p["error"], sweep["images"]).rstrip("%")}
                   for p in (sweep.get("euler", []) + sweep.get("dopri5", []))]
     tables = {"Table 1: ResNet vs RK-Net vs ODE-Net": table}
     if sweep_rows:

@@ -228,6 +228,7 @@ def test_odenet_mnist_smoke_and_reuse(tmp_path, runs, capsys):
             sum(m["test_error_pct_seeds"]) / 2) and m["test_error_sd_pct"] >= 0
     readme = (out / "README.md").read_text()
     assert "augmentation crop" in readme and "Training error at the end (eval mode, first 16 training images" in readme
+    assert "| solver | NFE per batch | test error % (± binomial SE) |" in readme  # the sweep's errors carry their SE
     # A second run finds its compare.json made with the same settings and reuses it untouched.
     before = (out / "compare.json").read_text()
     again = odenet_mnist.main(["--smoke", "--out", str(out), "--runs", str(runs)])
